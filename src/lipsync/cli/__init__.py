@@ -1,0 +1,64 @@
+"""The ``lipsync`` command. Each subcommand lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from lipsync import __version__
+from lipsync.errors import LipSyncError
+
+# name -> module:attribute; imported lazily so `lipsync --version` stays fast and one broken
+# optional dependency does not take every subcommand down with it.
+_SUBCOMMANDS = {
+    "probe": "lipsync.cli.probe:probe",
+    "models": "lipsync.cli.models:models",
+    "track": "lipsync.cli.track:track",
+    "run": "lipsync.cli.run:run",
+    "serve": "lipsync.cli.serve:serve",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = _SUBCOMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(__version__, prog_name="lipsync")
+@click.option("--log-level", default=None, help="Logging level (default: LOG_LEVEL or INFO).")
+def cli(log_level: str | None) -> None:
+    """Lip-sync faces in a video to a new audio track."""
+    from lipsync.config import Settings
+
+    level = log_level or Settings().log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console entry point: user errors become one clear line and exit code 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LipSyncError as exc:
+        where = f" [{exc.field}]" if exc.field else ""
+        click.echo(f"error ({exc.code}){where}: {exc.message}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
