@@ -103,6 +103,19 @@ class ModelDownloadError(ModelError):
 class ChecksumMismatch(ModelDownloadError):
     code = "checksum_mismatch"
 
+    def __init__(
+        self, message: str, *, expected: str | None = None, actual: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.expected = expected
+        self.actual = actual
+
+
+class DeviceUnavailable(ModelError):
+    """The requested compute device (e.g. cuda) is not present on this machine."""
+
+    code = "device_unavailable"
+
 
 class CheckpointError(ModelError):
     """A checkpoint file could not be read, or is unsafe to read."""
@@ -161,6 +174,13 @@ class FetchTimeout(FetchError):
 class UploadError(LipSyncError):
     code = "upload_failed"
     http_status = 502
+
+
+class UploadRejected(UploadError):
+    """The upload URL answered 4xx (an expired or wrongly signed presigned URL): the caller must fix it."""
+
+    code = "upload_rejected"
+    http_status = 400
 
 
 # --- jobs -----------------------------------------------------------------------------------------

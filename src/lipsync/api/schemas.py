@@ -1,0 +1,250 @@
+"""Request and response models of the HTTP API, separate from the internal types on purpose: the
+brief's field names and defaults are a public contract, the internals may change."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lipsync.api.netguard import check_url_syntax
+from lipsync.errors import UnsafeURL
+from lipsync.types import DEFAULT_PADS, LoopMode
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+EXAMPLE_CHARACTER = {
+    "id": "speaker",
+    "name": "Main Speaker",
+    "reference_image_url": "https://example.com/face-reference.jpg",
+}
+EXAMPLE_LIPSYNC = {
+    "video_url": "https://example.com/video.mp4",
+    "audio_url": "https://example.com/audio.mp3",
+    "upload_url": "https://your-storage.com/presigned-upload-url",
+    "characters": [EXAMPLE_CHARACTER],
+}
+
+
+def _http_url(value: str) -> str:
+    try:
+        check_url_syntax(value)
+    except UnsafeURL as exc:
+        # pydantic turns ValueError into a 422 naming the field
+        raise ValueError(exc.message.removeprefix("url: ")) from None
+    return value
+
+
+class _Strict(BaseModel):
+    # Unknown fields are refused: a typo ("enhance" for "enhance_quality") must not silently use a default.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CharacterIn(_Strict):
+    id: str = Field(..., description="Unique id of the character in this request.", examples=["speaker"])
+    name: str = Field("", max_length=200, description="Display name.", examples=["Main Speaker"])
+    reference_image_url: str = Field(
+        ..., description="http(s) URL of a clear frontal photo of this person.",
+        examples=["https://example.com/face-reference.jpg"],
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-' (starting alphanumeric)")
+        return v
+
+    @field_validator("reference_image_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v)
+
+
+def _unique_ids(chars: list[CharacterIn]) -> list[CharacterIn]:
+    ids = [c.id for c in chars]
+    if len(set(ids)) != len(ids):
+        raise ValueError("character ids must be unique")
+    return chars
+
+
+class FaceTrackingIn(_Strict):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True,
+        json_schema_extra={"examples": [{
+            "video_url": "https://example.com/video.mp4",
+            "characters": [EXAMPLE_CHARACTER],
+            "similarity_threshold": 0.5,
+            "temporal_smoothing": 0.3,
+        }]},
+    )
+
+    video_url: str = Field(..., description="http(s) URL of the input video (or a still image).")
+    characters: list[CharacterIn] = Field(
+        default_factory=list, max_length=16,
+        description="Characters to track; empty: the most prominent face, as id 'face'.",
+    )
+    similarity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Face matching threshold (0-1).")
+    temporal_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Box smoothing factor (0-1).")
+    upload_url: str | None = Field(None, description="Presigned URL to PUT the visualization MP4 to.")
+    webhook_url: str | None = Field(None, description="POSTed the job's final state (async jobs).")
+    async_: bool = Field(False, alias="async", description="Answer 202 with a job id instead of waiting.")
+
+    @field_validator("video_url", "upload_url", "webhook_url")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return v if v is None else _http_url(v)
+
+    @field_validator("characters")
+    @classmethod
+    def _chars(cls, v: list[CharacterIn]) -> list[CharacterIn]:
+        return _unique_ids(v)
+
+
+class LipSyncIn(_Strict):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True,
+        json_schema_extra={"examples": [EXAMPLE_LIPSYNC, {**EXAMPLE_LIPSYNC, "async": True,
+                                                           "webhook_url": "https://example.com/hook",
+                                                           "enhance_quality": False, "loop_mode": "pingpong"}]},
+    )
+
+    video_url: str = Field(..., description="http(s) URL of the input video (or a still image).")
+    audio_url: str = Field(..., description="http(s) URL of the speech to lip-sync to.")
+    upload_url: str | None = Field(
+        None,
+        description="Presigned URL the output MP4 is PUT to. Without it the result is kept for "
+        "GET /jobs/{id}/result.",
+    )
+    characters: list[CharacterIn] = Field(
+        default_factory=list, max_length=16,
+        description="Characters to lip-sync; empty: the most prominent face.",
+    )
+    similarity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Face matching threshold (0-1).")
+    enhance_quality: bool = Field(True, description="Apply GFPGAN face enhancement.")
+    loop_mode: LoopMode = Field("crossfade", description="How to handle audio longer than the video.")
+    crossfade_frames: int = Field(10, ge=0, le=250, description="Frames to blend at a loop boundary.")
+    temporal_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Box smoothing factor (0-1).")
+    pads: list[int] = Field(
+        default_factory=lambda: list(DEFAULT_PADS), min_length=4, max_length=4,
+        description="Face box padding in pixels: top, bottom, left, right (each 0-512).",
+    )
+    wav2lip_batch_size: int | None = Field(
+        None, ge=1, le=1024, description="Wav2Lip batch size (default: 128 on GPU, smaller on CPU)."
+    )
+    webhook_url: str | None = Field(None, description="POSTed the job's final state, signed (async jobs).")
+    async_: bool = Field(False, alias="async", description="Answer 202 with a job id instead of waiting.")
+
+    @field_validator("video_url", "audio_url", "upload_url", "webhook_url")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return v if v is None else _http_url(v)
+
+    @field_validator("characters")
+    @classmethod
+    def _chars(cls, v: list[CharacterIn]) -> list[CharacterIn]:
+        return _unique_ids(v)
+
+    @field_validator("pads")
+    @classmethod
+    def _pads(cls, v: list[int]) -> list[int]:
+        if any(p < 0 or p > 512 for p in v):
+            raise ValueError("each pad must be between 0 and 512 pixels")
+        return v
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(..., examples=["validation_error"])
+    message: str = Field(..., examples=["loop_mode: Input should be 'none', 'repeat', 'pingpong' or 'crossfade'"])
+    field: str | None = Field(None, examples=["loop_mode"])
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class HealthOut(BaseModel):
+    status: Literal["healthy", "loading", "unhealthy"]
+    insightface_loaded: bool
+    wav2lip_loaded: bool
+    gfpgan_loaded: bool
+    gpu_available: bool
+    gpu_name: str | None
+    gpu_memory_gb: float | None
+    queue_depth: int
+    running_jobs: int
+    models: str = Field(..., description="Model loader state: idle (load on first use), loading, ready, failed.")
+    models_error: str | None = None
+
+
+class InfoOut(BaseModel):
+    name: str
+    version: str
+    endpoints: dict[str, str]
+
+
+class StageOut(BaseModel):
+    done: int
+    total: int
+    fraction: float
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3f2c9a0e5b9d4c7e8a1b2c3d4e5f6a7b", "kind": "lipsync", "status": "running", "stage": "generate",
+        "progress": {"download": {"done": 3, "total": 3, "fraction": 1.0},
+                     "generate": {"done": 40, "total": 125, "fraction": 0.32}},
+        "result": None, "error": None, "attempts": 1,
+        "created_at": "2026-01-09T12:00:00Z", "started_at": "2026-01-09T12:00:01Z", "finished_at": None,
+    }]})
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str | None = None
+    progress: dict[str, StageOut] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+    attempts: int = 0
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class JobAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "job_id": "3f2c9a0e5b9d4c7e8a1b2c3d4e5f6a7b", "status": "queued",
+        "status_url": "/jobs/3f2c9a0e5b9d4c7e8a1b2c3d4e5f6a7b",
+    }]})
+
+    job_id: str
+    status: str
+    status_url: str
+
+
+class LipSyncOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "job_id": "3f2c9a0e5b9d4c7e8a1b2c3d4e5f6a7b", "status": "succeeded",
+        "output_url": "https://your-storage.com/presigned-upload-url", "download_url": None,
+        "duration": 8.0, "stats": {"frames": 200, "wall_s": 12.5, "realtime_factor": 0.64},
+    }]})
+
+    job_id: str
+    status: str
+    output_url: str | None = Field(None, description="Where the MP4 was uploaded (query string removed).")
+    download_url: str | None = Field(None, description="GET this for the MP4 when no upload_url was given.")
+    duration: float
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class FaceTrackingOut(BaseModel):
+    job_id: str
+    status: str
+    output_url: str | None = None
+    download_url: str | None = None
+    duration: float
+    tracks: dict[str, Any] = Field(default_factory=dict)

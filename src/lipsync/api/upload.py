@@ -1,0 +1,95 @@
+"""Upload of results: a streamed HTTP PUT to the caller's (usually presigned) URL.
+
+Content-Length is always sent (S3 presigned PUTs refuse chunked bodies), Content-Type is video/mp4 by
+default. 5xx and connection failures are retried with the file re-read from the start; 4xx is the
+caller's URL being wrong (most often an expired presigned URL), reported with S3's own reason when the
+body carries one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from lipsync.api.fetch import REDIRECTS, FetchLimits
+from lipsync.api.netguard import check_url, guarded_client, redact
+from lipsync.errors import UploadError, UploadRejected
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1024 * 1024
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+
+
+def _s3_reason(body: str) -> str:
+    """'AccessDenied: Request has expired' from an S3-style XML error body, else a short excerpt."""
+    code = re.search(r"<Code>([^<]{1,100})</Code>", body)
+    message = re.search(r"<Message>([^<]{1,300})</Message>", body)
+    if code or message:
+        return ": ".join(m.group(1) for m in (code, message) if m)
+    text = " ".join(body.split())[:200]
+    return text
+
+
+class Uploader:
+    def __init__(self, limits: FetchLimits, *, allow_private: bool) -> None:
+        self.limits = limits
+        self.allow_private = allow_private
+        self._ssl: ssl.SSLContext | None = None
+
+    def client(self) -> httpx.Client:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # once: loading the CA bundle is slow
+        return guarded_client(allow_private=self.allow_private, timeout=self.limits.timeout(), ssl_context=self._ssl)
+
+    def check(self, url: str, field: str = "upload_url") -> None:
+        check_url(url, allow_private=self.allow_private, field=field)
+
+    def upload(self, path: Path, url: str, *, content_type: str = "video/mp4", field: str = "upload_url") -> int:
+        """PUT ``path`` to ``url``; returns the HTTP status. Raises UploadRejected (4xx) or UploadError."""
+        size = path.stat().st_size
+        headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        last = ""
+        for attempt in range(1, self.limits.attempts + 1):
+            current = url
+            try:
+                with self.client() as client:
+                    for _hop in range(self.limits.max_redirects + 1):
+                        self.check(current, field)
+                        resp = client.put(current, content=_file_chunks(path), headers=headers)
+                        if resp.status_code in REDIRECTS and "location" in resp.headers:
+                            current = str(resp.url.join(resp.headers["location"]))
+                            continue
+                        break
+                    status = resp.status_code
+                    if status < 300:
+                        log.info("uploaded %d bytes to %s (HTTP %d)", size, redact(url), status)
+                        return status
+                    reason = _s3_reason(resp.text)
+                    if 400 <= status < 500:
+                        hint = " (presigned URLs expire: generate a fresh one)" if status == 403 else ""
+                        raise UploadRejected(
+                            f"{field}: {redact(current)} refused the upload with HTTP {status}"
+                            f"{': ' + reason if reason else ''}{hint}",
+                            field=field,
+                        )
+                    last = f"HTTP {status}{': ' + reason if reason else ''}"
+            except httpx.HTTPError as exc:
+                self.check(current, field)  # a guard refusal at connect time gets its precise message
+                last = f"{type(exc).__name__}: {exc}"
+            log.info("upload to %s attempt %d failed: %s", redact(url), attempt, last)
+            if attempt < self.limits.attempts:
+                time.sleep(self.limits.backoff_s * attempt)
+        raise UploadError(f"{field}: upload to {redact(url)} failed after {self.limits.attempts} attempts: {last}",
+                          field=field)

@@ -1,0 +1,132 @@
+"""The work function the job runner runs: download the inputs, run the engine, deliver the output.
+
+Everything a job touches lives in its private scratch folder (the runner deletes it afterwards, whatever
+happened); only a result kept for GET /jobs/{id}/result is moved out, into the results folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from lipsync.api.fetch import Fetcher
+from lipsync.api.netguard import redact
+from lipsync.api.upload import Uploader
+from lipsync.config import Settings
+from lipsync.errors import InputError, LipSyncError
+from lipsync.jobs.engine import Engine, LipSyncInputs, ModelGate, TrackingInputs
+from lipsync.jobs.models import JobRecord
+from lipsync.jobs.runner import JobContext
+from lipsync.types import Character
+
+log = logging.getLogger(__name__)
+
+# Internal field names (pipeline, media) -> the API's request field names.
+_FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "batch_size": "wav2lip_batch_size",
+                "output": "upload_url"}
+
+
+def _api_field(exc: LipSyncError) -> LipSyncError:
+    if exc.field in _FIELD_NAMES:
+        exc.field = _FIELD_NAMES[exc.field]
+    return exc
+
+
+class JobWork:
+    def __init__(self, settings: Settings, engine: Engine, gate: ModelGate, fetcher: Fetcher,
+                 uploader: Uploader, results_dir: Path) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.gate = gate
+        self.fetcher = fetcher
+        self.uploader = uploader
+        self.results_dir = Path(results_dir)
+
+    def result_path(self, job_id: str) -> Path:
+        return self.results_dir / f"{job_id}.mp4"
+
+    def __call__(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+        try:
+            if self.gate.preload:
+                self.gate.ensure_loaded()  # no-op once loaded; waits for a preload still running
+            if job.kind == "face_tracking":
+                return self._face_tracking(job, ctx)
+            return self._lipsync(job, ctx)
+        except LipSyncError as exc:
+            raise _api_field(exc) from None
+
+    # --- steps --------------------------------------------------------------------------------------
+
+    def _download(self, p: dict[str, Any], ctx: JobContext, *, audio: bool) -> tuple[Path, Path | None,
+                                                                                        tuple[Character, ...]]:
+        wanted: list[tuple[str, str, str, str]] = [("video_url", p["video_url"], "video", "video")]
+        if audio:
+            wanted.append(("audio_url", p["audio_url"], "audio", "audio"))
+        for i, ch in enumerate(p.get("characters") or []):
+            wanted.append((f"characters[{i}].reference_image_url", ch["reference_image_url"], "image", f"ref{i}"))
+        paths: dict[str, Path] = {}
+        ctx.progress("download", 0, len(wanted))
+        for n, (field, url, kind, stem) in enumerate(wanted, 1):
+            ctx.check_cancelled()
+            paths[field] = self.fetcher.download(url, ctx.workdir / stem, kind=kind, field=field)
+            ctx.progress("download", n, len(wanted))
+        characters = tuple(
+            Character(id=ch["id"], name=ch.get("name") or ch["id"],
+                      reference_images=(paths[f"characters[{i}].reference_image_url"],))
+            for i, ch in enumerate(p.get("characters") or [])
+        )
+        return paths["video_url"], paths.get("audio_url"), characters
+
+    def _deliver(self, job: JobRecord, out: Path, ctx: JobContext) -> dict[str, Any]:
+        upload_url = job.params.get("upload_url")
+        ctx.progress("upload", 0, 1)
+        if upload_url:
+            self.uploader.upload(out, upload_url)
+            delivered = {"output_url": redact(upload_url), "download_url": None}
+        else:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(out, self.result_path(job.id))
+            delivered = {"output_url": None, "download_url": f"/jobs/{job.id}/result"}
+        ctx.progress("upload", 1, 1)
+        return delivered
+
+    def _lipsync(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+        p = job.params
+        video, audio, characters = self._download(p, ctx, audio=True)
+        if audio is None:  # cannot happen: requested above; keeps the type checker honest
+            raise InputError("audio_url is required", field="audio_url")
+        out = ctx.workdir / "output.mp4"
+        inputs = LipSyncInputs(
+            video=video,
+            audio=audio,
+            out=out,
+            characters=characters,
+            loop_mode=p.get("loop_mode", "crossfade"),
+            crossfade_frames=int(p.get("crossfade_frames", 10)),
+            enhance=bool(p.get("enhance_quality", True)),
+            similarity_threshold=float(p.get("similarity_threshold", 0.5)),
+            temporal_smoothing=float(p.get("temporal_smoothing", 0.3)),
+            pads=tuple(int(x) for x in p.get("pads", (0, 20, 0, 0))),  # type: ignore[arg-type]
+            batch_size=p.get("wav2lip_batch_size"),
+        )
+        output = self.engine.lipsync(inputs, ctx.progress)
+        ctx.check_cancelled()
+        return {**self._deliver(job, output.out, ctx), "duration": round(output.duration, 4),
+                "stats": output.stats}
+
+    def _face_tracking(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
+        p = job.params
+        video, _, characters = self._download(p, ctx, audio=False)
+        inputs = TrackingInputs(
+            video=video,
+            out=ctx.workdir / "tracking.mp4",
+            characters=characters,
+            similarity_threshold=float(p.get("similarity_threshold", 0.5)),
+            temporal_smoothing=float(p.get("temporal_smoothing", 0.3)),
+        )
+        output = self.engine.face_tracking(inputs, ctx.progress)
+        ctx.check_cancelled()
+        return {**self._deliver(job, output.out, ctx), "duration": round(output.duration, 4),
+                "stats": output.stats, "tracks": output.extra.get("tracks", {})}

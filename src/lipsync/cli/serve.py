@@ -1,0 +1,30 @@
+"""``lipsync serve``: the REST API under uvicorn. Settings come from the environment (see the README)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
+@click.option(
+    "--workers-per-gpu", type=click.IntRange(1, 16), default=None,
+    help="Concurrent jobs per GPU (default 1; one worker on CPU). LIPSYNC_WORKERS overrides the total.",
+)
+def serve(host: str, port: int, workers_per_gpu: int | None) -> None:
+    """Run the HTTP API (POST /lipsync, /face-tracking, /jobs ...; docs at /docs)."""
+    import uvicorn
+
+    from lipsync.api import create_app
+    from lipsync.config import Settings
+    from lipsync.jobs.engine import torch_device_info
+
+    settings = Settings()
+    if workers_per_gpu is not None and settings.workers is None:
+        gpus = int(torch_device_info().get("gpu_count") or 0)
+        settings = settings.model_copy(update={"workers": max(1, gpus) * workers_per_gpu if gpus else 1})
+    app = create_app(settings)
+    # One process: the worker pool and the job store live in it. log_config=None keeps our logging setup.
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
+                timeout_graceful_shutdown=15)

@@ -1,0 +1,128 @@
+"""The face-backend protocol, the InsightFace backend, and the factory that picks one from settings."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from lipsync.errors import ModelError, ModelNotAvailable
+from lipsync.faces.arcface import INSIGHTFACE_DEFAULT_THRESHOLD, ArcFaceRecognizer, cosine_similarity01
+from lipsync.faces.scrfd import SCRFDDetector
+from lipsync.types import Face
+
+if TYPE_CHECKING:
+    from lipsync.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class FaceBackend(Protocol):
+    """Detect faces, embed them, compare embeddings on a 0..1 scale."""
+
+    name: str
+    default_threshold: float
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
+
+    def embed(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray: ...
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float: ...
+
+
+def embed_faces(backend: FaceBackend, frame_bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+    """Embeddings of ``faces``, batched when the backend can."""
+    many = getattr(backend, "embed_many", None)
+    if many is not None:
+        return list(many(frame_bgr, faces))
+    return [backend.embed(frame_bgr, f) for f in faces]
+
+
+def similarity_matrix(backend: FaceBackend, a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """(len(a), len(b)) similarities on 0..1."""
+    out = np.zeros((len(a), len(b)), dtype=np.float32)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i, j] = backend.similarity(x, y)
+    return out
+
+
+class InsightFaceBackend:
+    """SCRFD detection + ArcFace recognition (buffalo_l). Similarity = cosine clipped to [0, 1]."""
+
+    name = "insightface"
+    default_threshold = INSIGHTFACE_DEFAULT_THRESHOLD
+
+    def __init__(self, detector: SCRFDDetector, recognizer: ArcFaceRecognizer) -> None:
+        self.detector = detector
+        self.recognizer = recognizer
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        return self.detector.detect(frame_bgr)
+
+    def embed(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray:
+        return self.recognizer.embed(frame_bgr, face)
+
+    def embed_many(self, frame_bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        return self.recognizer.embed_many(frame_bgr, faces)
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        return cosine_similarity01(a, b)
+
+
+def onnx_providers(device: str = "auto") -> list[str]:
+    """CUDA first when onnxruntime has it (and the device choice allows it), CPU always."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        log.warning("device=cuda but this onnxruntime has no CUDAExecutionProvider; faces run on CPU")
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: Path, device: str = "auto"):
+    """An onnxruntime session for ``path``, with a clear error when the file is missing or unreadable."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotAvailable(f"face model file not found: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # CUDA provider fallbacks are reported by us, not as noise
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=onnx_providers(device))
+    except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
+        raise ModelError(f"cannot load face model {path}: {exc}") from exc
+
+
+def create_face_backend(settings: Settings, store=None) -> FaceBackend:
+    """The backend named by ``settings.face_backend``.
+
+    insightface: ``settings.det_model`` / ``settings.rec_model`` when set, otherwise det_10g.onnx and
+    w600k_r50.onnx from ``store.ensure("buffalo_l")`` (a ModelStore built from ``settings`` if none is
+    given). dlib: needs the ``lipsync[offline]`` extra; raises ModelNotAvailable when it is missing.
+    """
+    if settings.face_backend == "dlib":
+        from lipsync.faces.dlib_backend import DlibBackend
+
+        return DlibBackend()
+    if settings.face_backend != "insightface":
+        raise ModelError(f"unknown face backend {settings.face_backend!r} (expected insightface or dlib)")
+    det_path, rec_path = settings.det_model, settings.rec_model
+    if det_path is None or rec_path is None:
+        if store is None:
+            from lipsync.models import ModelStore
+
+            store = ModelStore(settings)
+        folder = Path(store.ensure("buffalo_l"))
+        det_path = det_path or folder / "det_10g.onnx"
+        rec_path = rec_path or folder / "w600k_r50.onnx"
+    device = str(getattr(settings, "device", "auto"))
+    detector = SCRFDDetector(create_session(det_path, device))
+    recognizer = ArcFaceRecognizer(create_session(rec_path, device))
+    return InsightFaceBackend(detector, recognizer)

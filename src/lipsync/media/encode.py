@@ -1,0 +1,191 @@
+"""Streaming MP4 writer: H.264 (libx264, yuv420p) video plus an optional AAC track cut to the video.
+
+Odd sizes: yuv420p stores colour per 2x2 block, so H.264 in that format needs even dimensions. We pad
+the right column / bottom row by repeating the edge pixels (an odd 851x481 input becomes 852x482).
+Padding keeps every source pixel and the face coordinates unchanged; the extra line is a copy of its
+neighbour and is invisible. (Cropping would silently drop a row of the picture.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from lipsync.errors import EncodeError
+
+_AUDIO_CHUNK = 4096  # samples handed to the AAC encoder at a time (it re-frames to 1024)
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The encoded size for a ``width`` x ``height`` picture (odd sizes grow by one pixel)."""
+    return width + (width & 1), height + (height & 1)
+
+
+class VideoWriter:
+    """Write BGR frames one by one; the file is complete (and faststart) after ``close()``.
+
+    ``audio`` (float32 in [-1, 1], shape (n,) or (n, channels), at ``audio_rate``) is muxed as AAC and
+    trimmed or zero-padded to exactly frames_written / fps seconds. It is interleaved with the video
+    while frames are written, so the muxer never buffers the whole track.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        width: int,
+        height: int,
+        fps: Fraction | int | float,
+        *,
+        crf: int = 18,
+        preset: str = "medium",
+        audio: np.ndarray | None = None,
+        audio_rate: int = 16000,
+        audio_bitrate: int = 128_000,
+        threads: int = 0,
+    ) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"invalid frame size {width}x{height}")
+        if not 0 <= crf <= 51:
+            raise ValueError("crf must be within 0..51")
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        self.fps = Fraction(fps).limit_denominator(1_000_000) if isinstance(fps, float) else Fraction(fps)
+        if self.fps <= 0:
+            raise ValueError("fps must be positive")
+        self.frames_written = 0
+        self._closed = False
+        self._audio = _as_planar(audio) if audio is not None else None
+        self._audio_rate = int(audio_rate)
+        self._audio_sent = 0  # samples handed to the encoder so far (including padding)
+
+        enc_w, enc_h = even_size(self.width, self.height)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"})
+            self._vstream = self._container.add_stream(
+                "libx264", rate=self.fps, options={"crf": str(crf), "preset": preset}
+            )
+            self._vstream.width, self._vstream.height = enc_w, enc_h
+            self._vstream.pix_fmt = "yuv420p"
+            self._vstream.codec_context.time_base = 1 / self.fps
+            if threads:
+                self._vstream.codec_context.thread_count = threads
+            self._astream = None
+            if self._audio is not None:
+                channels = self._audio.shape[0]
+                self._astream = self._container.add_stream("aac", rate=self._audio_rate)
+                self._astream.codec_context.layout = "mono" if channels == 1 else "stereo"
+                self._astream.codec_context.bit_rate = audio_bitrate
+                self._astream.codec_context.time_base = Fraction(1, self._audio_rate)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            self._abort()
+            raise EncodeError(f"cannot create {self.path}: {exc}") from exc
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        if self._closed:
+            raise EncodeError("write() after close()")
+        if frame_bgr.dtype != np.uint8 or frame_bgr.shape != (self.height, self.width, 3):
+            raise ValueError(
+                f"expected a {self.height}x{self.width}x3 uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}"
+            )
+        pad_b, pad_r = self.height & 1, self.width & 1
+        if pad_b or pad_r:
+            frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, pad_b, 0, pad_r, cv2.BORDER_REPLICATE)
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24").reformat(format="yuv420p")
+        vf.pts = self.frames_written
+        vf.time_base = self._vstream.codec_context.time_base
+        try:
+            self._container.mux(self._vstream.encode(vf))
+            self.frames_written += 1
+            self._feed_audio(self._audio_target(), final=False)
+        except av.FFmpegError as exc:
+            raise EncodeError(f"encoding frame {self.frames_written} of {self.path.name} failed: {exc}") from exc
+
+    @property
+    def duration(self) -> float:
+        return float(self.frames_written / self.fps)
+
+    def _audio_target(self) -> int:
+        # Samples that belong to the frames written so far; the total is exact at close.
+        return round(self.frames_written * self._audio_rate / self.fps)
+
+    def _feed_audio(self, target: int, *, final: bool) -> None:
+        if self._astream is None or self._audio is None:
+            return
+        # While streaming, hand over whole chunks only; at close, everything up to the exact target.
+        while self._audio_sent < target and (final or target - self._audio_sent >= _AUDIO_CHUNK):
+            n = min(_AUDIO_CHUNK, target - self._audio_sent)
+            chunk = self._audio[:, self._audio_sent : self._audio_sent + n]
+            if chunk.shape[1] < n:  # the audio ran out: pad with silence to the video's length
+                chunk = np.pad(chunk, ((0, 0), (0, n - chunk.shape[1])))
+            af = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(chunk), format="fltp", layout=self._astream.codec_context.layout
+            )
+            af.sample_rate = self._audio_rate
+            af.pts = self._audio_sent
+            af.time_base = Fraction(1, self._audio_rate)
+            self._container.mux(self._astream.encode(af))
+            self._audio_sent += n
+
+    # --- finishing --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.frames_written == 0:
+            self._abort()
+            raise EncodeError(f"no frames were written to {self.path.name}; nothing to encode.")
+        try:
+            self._container.mux(self._vstream.encode(None))
+            if self._astream is not None:
+                self._feed_audio(self._audio_target(), final=True)
+                self._container.mux(self._astream.encode(None))
+            self._container.close()
+        except av.FFmpegError as exc:
+            self._abort()
+            raise EncodeError(f"finishing {self.path.name} failed: {exc}") from exc
+
+    def _abort(self) -> None:
+        """Drop a half-written file so nobody mistakes it for a result."""
+        self._closed = True
+        container = getattr(self, "_container", None)
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._abort()
+        else:
+            self.close()
+
+
+def _as_planar(audio: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) samples -> (channels, n) float32 for the planar AAC input."""
+    a = np.asarray(audio)
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    a = a.astype(np.float32, copy=False)
+    if a.ndim == 1:
+        a = a[None, :]
+    elif a.ndim == 2:
+        if a.shape[1] > 2:
+            raise ValueError("audio must be mono or stereo: shape (n,) or (n, 1|2)")
+        a = a.T
+    else:
+        raise ValueError("audio must have shape (n,) or (n, channels)")
+    return np.ascontiguousarray(np.clip(a, -1.0, 1.0))

@@ -1,0 +1,1 @@
+"""Pipeline stages: pure, independently testable steps (loop planning, compositing, generation, ...)."""

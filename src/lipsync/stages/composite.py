@@ -1,0 +1,189 @@
+"""Paste a generated lower face back into its frame without a visible seam.
+
+Poisson blending (``cv2.seamlessClone``, NORMAL_CLONE) keeps the generated face's gradients but takes its
+boundary values from the frame, so a brightness or colour mismatch is spread smoothly over the region
+instead of showing as an edge. The clone runs over the binary support of a soft elliptical lower-face
+mask; the result is then alpha-blended by that soft mask, which both softens the edge further and
+guarantees that every pixel outside the support is the frame's own (seamlessClone alone nudges pixels
+outside the mask inside its bounding rectangle by a grey level or so).
+
+When Poisson blending is off, fails (``cv2.error``), the box touches the frame border (the Poisson
+boundary would lie on the image edge, and seamlessClone refuses regions that do) or the region is too
+small for the solve to carry any of the face (under MIN_POISSON_SIDE pixels), a feathered alpha blend
+with the same soft mask is used instead. The method used is returned so the pipeline can count it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from lipsync.errors import InputError
+from lipsync.types import Box
+
+log = logging.getLogger(__name__)
+
+CompositeMethod = Literal["poisson", "feather"]
+
+# Mask values below this cannot move a uint8 pixel after rounding; dropping them keeps the support tight.
+_ALPHA_FLOOR = 1.0 / 512.0
+# Below this many pixels on the short side of the clone region, seamlessClone's solve is all boundary: it
+# returns (nearly) the frame itself, erasing the face (measured: no change at all for regions under ~10 px).
+MIN_POISSON_SIDE = 12
+
+
+@dataclass(frozen=True)
+class CompositeResult:
+    frame: np.ndarray  # uint8 HxWx3 BGR, a new array (the input frame is not modified)
+    method: CompositeMethod
+
+
+def lower_face_mask(
+    h: int,
+    w: int,
+    *,
+    center_y: float = 0.66,
+    half_height: float = 0.26,
+    half_width: float = 0.38,
+    feather: float = 0.03,
+) -> np.ndarray:
+    """An (h, w) float32 mask in [0, 1]: an ellipse over the lower face of a face crop, edges Gaussian-blurred.
+
+    Geometry is in fractions of the crop: the ellipse is centred at ``center_y * h`` (horizontally centred)
+    with semi-axes ``half_width * w`` and ``half_height * h``; the blur's sigma is ``feather * min(h, w)``.
+    The ellipse is shrunk where needed so the blurred mask stays at least one pixel inside the crop: the
+    Poisson solve needs frame pixels all round its region, and seamlessClone clears the mask's outer ring.
+    Crops too small to hold an interior (under 3 pixels a side) get an all-zero mask.
+    """
+    if isinstance(h, bool) or isinstance(w, bool) or int(h) != h or int(w) != w or h < 1 or w < 1:
+        raise InputError(f"mask size must be positive integers, got {h}x{w}", field="box")
+    h, w = int(h), int(w)
+    sigma = max(0.0, feather * min(h, w))
+    margin = math.ceil(3.0 * sigma) + 1  # blur reach + the ring seamlessClone clears
+    max_margin = max(1, min(h, w) // 4)  # keep at least half of a small crop for the ellipse itself
+    if margin > max_margin:
+        margin = max_margin
+        sigma = (margin - 1) / 3.0
+    cy, cx = center_y * (h - 1), (w - 1) / 2.0
+    top, bottom = max(margin, cy - half_height * h), min(h - 1 - margin, cy + half_height * h)
+    left, right = max(margin, cx - half_width * w), min(w - 1 - margin, cx + half_width * w)
+    mask = np.zeros((h, w), dtype=np.float32)
+    if bottom < top or right < left:
+        return mask
+    # The ellipse inscribed in the clipped rectangle; +0.5 so a one-pixel-wide range still holds a pixel.
+    ey, ex = (top + bottom) / 2.0, (left + right) / 2.0
+    ay, ax = (bottom - top) / 2.0 + 0.5, (right - left) / 2.0 + 0.5
+    ys = (np.arange(h, dtype=np.float32)[:, None] - ey) / ay
+    xs = (np.arange(w, dtype=np.float32)[None, :] - ex) / ax
+    mask[ys**2 + xs**2 <= 1.0] = 1.0
+    if sigma > 0.0:
+        radius = math.ceil(3.0 * sigma)
+        mask = cv2.GaussianBlur(mask, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_CONSTANT)
+    mask[mask < _ALPHA_FLOOR] = 0.0
+    return np.clip(mask, 0.0, 1.0, out=mask)
+
+
+def _int_box(box: Box) -> tuple[int, int, int, int]:
+    coords = (box.x1, box.y1, box.x2, box.y2)
+    if not all(math.isfinite(c) for c in coords):
+        raise InputError(f"box must have finite coordinates, got {box}", field="box")
+    x1, y1, x2, y2 = (round(c) for c in coords)
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"box is empty: {box}", field="box")
+    return x1, y1, x2, y2
+
+
+def _check_image(image: np.ndarray, field: str) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", None)
+        raise InputError(f"{field} must be a uint8 HxWx3 BGR image, got {dtype} {shape}", field=field)
+
+
+def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    out = fg.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """seamlessClone of ``crop`` into ``region`` (same size) over ``support``; returns the cloned region."""
+    binary = support.astype(np.uint8) * 255
+    x, y, w, h = cv2.boundingRect(binary)
+    # seamlessClone centres the mask's bounding rect on p, placing its top-left at p - (w//2, h//2):
+    # this p puts every crop pixel exactly over the region pixel it came from.
+    center = (x + w // 2, y + h // 2)
+    return cv2.seamlessClone(crop, region, binary, center, cv2.NORMAL_CLONE)
+
+
+def composite_face(
+    frame: np.ndarray,
+    generated_crop: np.ndarray,
+    box: Box,
+    *,
+    poisson: bool = True,
+    mask: np.ndarray | None = None,
+) -> CompositeResult:
+    """Paste ``generated_crop`` (already resized to the box) into ``frame`` at ``box`` (integer pixels).
+
+    ``mask`` overrides :func:`lower_face_mask` (float 0..1, the crop's size). Pixels where the mask is 0 are
+    returned unchanged, bit for bit; so is everything outside the box. A box reaching outside the frame is
+    clipped to it (and blended with the feather, since it touches the border).
+    """
+    _check_image(frame, "frame")
+    _check_image(generated_crop, "generated_crop")
+    x1, y1, x2, y2 = _int_box(box)
+    bh, bw = y2 - y1, x2 - x1
+    if generated_crop.shape[:2] != (bh, bw):
+        raise InputError(
+            f"generated_crop is {generated_crop.shape[1]}x{generated_crop.shape[0]} but the box is {bw}x{bh}; "
+            "resize the crop to the box first",
+            field="generated_crop",
+        )
+    if mask is None:
+        alpha = lower_face_mask(bh, bw)
+    else:
+        if mask.shape != (bh, bw):
+            raise InputError(f"mask is {mask.shape}, expected {(bh, bw)}", field="mask")
+        alpha = np.clip(np.nan_to_num(mask.astype(np.float32)), 0.0, 1.0)
+        alpha[alpha < _ALPHA_FLOOR] = 0.0
+
+    fh, fw = frame.shape[:2]
+    # Clip to the frame, keeping the mask's geometry relative to the whole box.
+    cx1, cy1, cx2, cy2 = max(0, x1), max(0, y1), min(fw, x2), min(fh, y2)
+    if cx2 <= cx1 or cy2 <= cy1:
+        raise InputError(f"box {box} lies outside the {fw}x{fh} frame", field="box")
+    inner = (slice(cy1 - y1, cy2 - y1), slice(cx1 - x1, cx2 - x1))
+    crop, alpha = generated_crop[inner], alpha[inner]
+    touches_border = x1 <= 0 or y1 <= 0 or x2 >= fw or y2 >= fh
+
+    out = frame.copy()
+    region = frame[cy1:cy2, cx1:cx2]
+    support = alpha > 0.0
+    if not support.any():
+        return CompositeResult(out, "feather")
+
+    method: CompositeMethod = "feather"
+    fg = crop
+    _, _, rect_w, rect_h = cv2.boundingRect(support.astype(np.uint8))
+    if poisson and touches_border:
+        log.debug("box %s touches the %dx%d frame border: feathered blend instead of Poisson", box, fw, fh)
+    elif poisson and min(rect_w, rect_h) < MIN_POISSON_SIDE:
+        log.debug(
+            "mask region of box %s is %dx%d, too small for Poisson: feathered blend", box, rect_w, rect_h
+        )
+    elif poisson:
+        try:
+            fg = _poisson(region, crop, support)
+            method = "poisson"
+        except cv2.error as exc:
+            log.info("cv2.seamlessClone failed for box %s (%s): feathered blend instead", box, exc)
+    blended = _blend(fg, region, alpha)
+    # Enforce the contract exactly: only the mask's support may change.
+    out[cy1:cy2, cx1:cx2] = np.where(support[..., None], blended, region)
+    return CompositeResult(out, method)

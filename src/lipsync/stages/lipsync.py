@@ -1,0 +1,150 @@
+"""The Wav2Lip stage: prepare -> forward -> postprocess.
+
+* ``prepare_face`` crops one face (already padded, integer box) and resizes it to 96x96.
+* A ``MouthGenerator`` turns a batch of 96x96 BGR faces plus their mel windows into 96x96 BGR faces with a new
+  mouth. ``Wav2LipGenerator`` wraps the torch network; tests pass doubles through the same interface, so the
+  crop/resize/composite plumbing around it is exercised exactly as in production.
+* ``postprocess_face`` resizes a generated face back to the crop size.
+
+Only ``Wav2LipGenerator.__call__`` touches torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from lipsync.types import Box
+
+log = logging.getLogger(__name__)
+
+#: Wav2Lip works on 96x96 faces; the lower half of the first copy is hidden so the net must draw the mouth.
+FACE_SIZE = 96
+MEL_BINS = 80
+MEL_STEPS = 16
+
+#: Default batch sizes per device type: CUDA has memory to spare; on CPU larger batches do not run faster.
+DEFAULT_BATCH_SIZE = {"cuda": 128, "cpu": 16}
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    kind = torch.device(device).type
+    return DEFAULT_BATCH_SIZE.get(kind, DEFAULT_BATCH_SIZE["cpu"])
+
+
+# --- prepare --------------------------------------------------------------------------------------------
+
+
+def crop_box(box: Box) -> tuple[int, int, int, int]:
+    """Integer (x1, y1, x2, y2) of an already padded and clipped box."""
+    return int(box.x1), int(box.y1), int(box.x2), int(box.y2)
+
+
+def prepare_face(frame: np.ndarray, box: Box) -> np.ndarray:
+    """Crop ``box`` (padded, integer, inside the frame) from a BGR frame and resize it to 96x96 BGR uint8."""
+    x1, y1, x2, y2 = crop_box(box)
+    crop = frame[y1:y2, x1:x2]
+    # INTER_AREA when shrinking avoids aliasing; Wav2Lip was trained on cv2.resize'd crops either way.
+    interp = cv2.INTER_AREA if crop.shape[0] > FACE_SIZE else cv2.INTER_LINEAR
+    return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=interp)
+
+
+def build_inputs(faces: np.ndarray) -> np.ndarray:
+    """(N, 96, 96, 3) uint8 BGR -> (N, 6, 96, 96) float32 in [0, 1]: [masked face, reference face].
+
+    Wav2Lip's own inference concatenates the masked copy first and the unmasked reference second, on the
+    channel axis, both BGR as read by OpenCV, divided by 255. The mask zeroes rows 48..95 (the lower half).
+    """
+    masked = faces.copy()
+    masked[:, FACE_SIZE // 2 :] = 0
+    stacked = np.concatenate([masked, faces], axis=3).astype(np.float32) / 255.0
+    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+
+
+# --- forward --------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class MouthGenerator(Protocol):
+    """Draws a mouth for each face: (N, 96, 96, 3) uint8 BGR faces and (N, 80, 16) mels -> (N, 96, 96, 3)."""
+
+    batch_size: int
+
+    def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray: ...
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Wav2LipGenerator:
+    """Batched Wav2Lip forward with OOM back-off.
+
+    ``batch_size`` is the largest batch sent to the network at once; it halves (and stays halved) when the
+    device runs out of memory, down to 1. On CUDA the network runs in float16 when ``fp16`` is set.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        device: torch.device | str = "cpu",
+        *,
+        batch_size: int | None = None,
+        fp16: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size or default_batch_size(self.device))
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
+        self.net = net.to(self.device, dtype=self.dtype).eval()
+
+    def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        if len(faces) != len(mels):
+            raise ValueError(f"{len(faces)} faces but {len(mels)} mel windows")
+        if len(faces) == 0:
+            return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        inputs = build_inputs(faces)
+        mel_in = np.ascontiguousarray(mels, dtype=np.float32)[:, None]
+        out = np.empty((len(faces), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        start = 0
+        while start < len(faces):
+            stop = min(len(faces), start + self.batch_size)
+            try:
+                out[start:stop] = self._forward(inputs[start:stop], mel_in[start:stop])
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                if not _is_oom(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of memory in Wav2Lip; retrying with batch size %d", self.batch_size)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start = stop
+        return out
+
+    def _forward(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            face_t = torch.from_numpy(faces).to(self.device, dtype=self.dtype, non_blocking=True)
+            mel_t = torch.from_numpy(mels).to(self.device, dtype=self.dtype, non_blocking=True)
+            pred = self.net(mel_t, face_t)
+            pred = (pred.float().clamp_(0, 1) * 255.0).round_().to(torch.uint8)
+            return pred.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# --- postprocess ----------------------------------------------------------------------------------------
+
+
+def postprocess_face(generated: np.ndarray, box: Box) -> np.ndarray:
+    """Resize one generated 96x96 face back to the crop size of ``box``."""
+    x1, y1, x2, y2 = crop_box(box)
+    w, h = x2 - x1, y2 - y1
+    interp = cv2.INTER_CUBIC if max(w, h) > FACE_SIZE else cv2.INTER_AREA
+    return cv2.resize(generated, (w, h), interpolation=interp)

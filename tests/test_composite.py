@@ -1,0 +1,257 @@
+"""Compositing a generated face: mask shape, untouched pixels, seam strength, fallbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from lipsync.errors import InputError
+from lipsync.stages import composite as composite_module
+from lipsync.stages.composite import CompositeResult, composite_face, lower_face_mask
+from lipsync.types import Box
+
+SHIFT = 40  # the brightness error of the "generated" face
+
+
+def synthetic_frame(h: int = 480, w: int = 640, seed: int = 1) -> np.ndarray:
+    """Smooth colour gradients plus blurred noise: texture everywhere, like skin and background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([xx * 0.3 + 40, yy * 0.35 + 30, (xx + yy) * 0.15 + 60], axis=-1)
+    noise = cv2.GaussianBlur(rng.normal(0, 20, (h, w, 3)).astype(np.float32), (0, 0), 1.5)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def real_or_synthetic(shared_media) -> list[tuple[str, np.ndarray, Box]]:
+    cases = [("synthetic", synthetic_frame(), Box(200, 150, 400, 380))]
+    try:
+        path = shared_media("obama.jpg")
+    except pytest.skip.Exception:
+        return cases
+    image = cv2.imread(str(path))
+    # The face in obama.jpg (910x1137) found by a face detector, with the default 20 px chin pad.
+    cases.append(("obama.jpg", image, Box(342, 95, 642, 415)))
+    return cases
+
+
+def shifted_crop(frame: np.ndarray, box: Box, shift: int = SHIFT) -> np.ndarray:
+    x1, y1, x2, y2 = (int(v) for v in box.as_list())
+    return np.clip(frame[y1:y2, x1:x2].astype(np.int16) + shift, 0, 255).astype(np.uint8)
+
+
+def support_in_frame(frame: np.ndarray, box: Box) -> np.ndarray:
+    x1, y1, x2, y2 = (int(v) for v in box.as_list())
+    full = np.zeros(frame.shape[:2], dtype=bool)
+    full[y1:y2, x1:x2] = lower_face_mask(y2 - y1, x2 - x1) > 0
+    return full
+
+
+# --- the mask ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("h", "w"), [(96, 96), (320, 300), (150, 90), (37, 53)])
+def test_mask_shape(h, w):
+    mask = lower_face_mask(h, w)
+    assert mask.shape == (h, w) and mask.dtype == np.float32
+    assert mask.min() == 0.0 and mask.max() == pytest.approx(1.0)
+    # Nothing on the crop's outer ring: Poisson needs frame pixels all round, the feather a soft edge.
+    assert mask[0].max() == mask[-1].max() == mask[:, 0].max() == mask[:, -1].max() == 0.0
+    # Over the lower face: most of the weight is below the middle.
+    assert mask[h // 2 :].sum() > 3 * mask[: h // 2].sum()
+    # Soft edges: a band of intermediate values, not a hard step.
+    assert ((mask > 0.05) & (mask < 0.95)).sum() > 0.02 * mask.size
+    # Elliptical, so left-right symmetric.
+    np.testing.assert_allclose(mask, mask[:, ::-1], atol=1e-5)
+
+
+def test_mask_tiny_sizes_and_errors():
+    for s in range(1, 12):
+        mask = lower_face_mask(s, s)
+        assert mask.shape == (s, s) and np.isfinite(mask).all()
+        assert mask.min() >= 0.0 and mask.max() <= 1.0
+    assert lower_face_mask(8, 8).max() > 0.5
+    with pytest.raises(InputError) as info:
+        lower_face_mask(0, 10)
+    assert info.value.field == "box"
+
+
+# --- compositing ------------------------------------------------------------------------------------
+
+
+def test_outside_mask_pixels_unchanged(shared_media):
+    for name, frame, box in real_or_synthetic(shared_media):
+        original = frame.copy()
+        result = composite_face(frame, shifted_crop(frame, box), box)
+        assert isinstance(result, CompositeResult)
+        assert result.method == "poisson", name
+        assert np.array_equal(frame, original), "the input frame must not be modified"
+        support = support_in_frame(frame, box)
+        assert np.array_equal(result.frame[~support], frame[~support]), name
+        # seamlessClone on its own does change some of those pixels; the final masking is what holds this.
+        assert (np.abs(result.frame.astype(int) - frame)[support] > 0).any(), name
+
+
+def test_seamlessclone_alone_leaks_outside_the_mask():
+    # Why composite_face masks its result again: documents the OpenCV behaviour being guarded against.
+    frame = synthetic_frame()
+    box = Box(200, 150, 400, 380)
+    crop = shifted_crop(frame, box)
+    support = lower_face_mask(230, 200) > 0
+    region = frame[150:380, 200:400]
+    cloned = composite_module._poisson(region, crop, support)
+    assert (cloned[~support] != region[~support]).any()
+
+
+def _boundary_gradient(frame: np.ndarray, composite: np.ndarray, box: Box) -> float:
+    """Mean Sobel magnitude of the change (composite - frame) in a 5-pixel band around the mask's 0.5 level.
+
+    Measured on the change, not the composite, so the frame's own texture (identical in every method)
+    does not dilute the seam: this is the edge the compositing adds.
+    """
+    x1, y1, x2, y2 = (int(v) for v in box.as_list())
+    inside = np.zeros(frame.shape[:2], dtype=np.uint8)
+    inside[y1:y2, x1:x2] = lower_face_mask(y2 - y1, x2 - x1) >= 0.5
+    kernel = np.ones((5, 5), np.uint8)
+    band = (cv2.dilate(inside, kernel) > 0) & ~(cv2.erode(inside, kernel) > 0)
+    change = (composite.astype(np.float32) - frame.astype(np.float32)).mean(axis=-1)
+    gx = cv2.Sobel(change, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(change, cv2.CV_32F, 0, 1)
+    return float(np.hypot(gx, gy)[band].mean())
+
+
+def test_poisson_seam_is_a_third_of_hard_paste(shared_media):
+    for name, frame, box in real_or_synthetic(shared_media):
+        crop = shifted_crop(frame, box)
+        x1, y1, x2, y2 = (int(v) for v in box.as_list())
+        hard = frame.copy()
+        inside = lower_face_mask(y2 - y1, x2 - x1) >= 0.5
+        hard[y1:y2, x1:x2][inside] = crop[inside]
+        poisson = composite_face(frame, crop, box)
+        assert poisson.method == "poisson"
+        g_hard = _boundary_gradient(frame, hard, box)
+        g_poisson = _boundary_gradient(frame, poisson.frame, box)
+        assert g_hard > 10.0, name  # the hard paste really has a seam to remove
+        assert g_poisson <= g_hard / 3.0, (name, g_poisson, g_hard)
+        # And the metric does tell blends apart: the plain feather leaves a clearly stronger seam.
+        g_feather = _boundary_gradient(frame, composite_face(frame, crop, box, poisson=False).frame, box)
+        assert g_poisson * 2 < g_feather, (name, g_poisson, g_feather)
+
+
+def test_poisson_matches_frame_brightness_and_feather_keeps_the_face():
+    frame = synthetic_frame()
+    box = Box(200, 150, 400, 380)
+    crop = shifted_crop(frame, box)
+    core = np.zeros(frame.shape[:2], dtype=bool)
+    core[150:380, 200:400] = lower_face_mask(230, 200) > 0.99
+    poisson = composite_face(frame, crop, box)
+    feather = composite_face(frame, crop, box, poisson=False)
+    assert feather.method == "feather"
+    delta_p = (poisson.frame.astype(float) - frame)[core].mean()
+    delta_f = (feather.frame.astype(float) - frame)[core].mean()
+    assert abs(delta_p) < SHIFT / 4  # Poisson takes its level from the frame around it
+    assert delta_f == pytest.approx(SHIFT, abs=3)  # the feather pastes the face as given
+
+
+def test_identity_crop_is_nearly_lossless():
+    frame = synthetic_frame()
+    box = Box(200, 150, 400, 380)
+    result = composite_face(frame, frame[150:380, 200:400].copy(), box)
+    mse = np.mean((result.frame.astype(float) - frame) ** 2)
+    assert mse == 0.0 or 10 * np.log10(255**2 / mse) >= 45
+
+
+@pytest.mark.parametrize(
+    "box",
+    [Box(0, 100, 200, 300), Box(100, 0, 300, 200), Box(440, 100, 640, 300), Box(100, 280, 300, 480)],
+)
+def test_border_touching_box_falls_back_to_feather(box, caplog):
+    frame = synthetic_frame()
+    with caplog.at_level(logging.DEBUG, logger="lipsync.stages.composite"):
+        result = composite_face(frame, shifted_crop(frame, box), box)
+    assert result.method == "feather"
+    assert any("border" in r.getMessage() for r in caplog.records)
+    support = support_in_frame(frame, box)
+    assert np.array_equal(result.frame[~support], frame[~support])
+    assert (result.frame[support] != frame[support]).any()
+
+
+def test_box_partly_outside_frame_is_clipped():
+    frame = synthetic_frame()
+    box = Box(-50, -40, 150, 160)
+    crop = np.full((200, 200, 3), 255, np.uint8)
+    result = composite_face(frame, crop, box)
+    assert result.method == "feather"
+    full = lower_face_mask(200, 200) > 0
+    support = full[40:, 50:]
+    region = result.frame[:160, :150]
+    assert np.array_equal(region[~support], frame[:160, :150][~support])
+    assert np.array_equal(result.frame[160:], frame[160:]) and np.array_equal(
+        result.frame[:, 150:], frame[:, 150:]
+    )
+
+
+def test_cv2_error_falls_back_and_is_logged(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise cv2.error("simulated solver failure")
+
+    monkeypatch.setattr(composite_module.cv2, "seamlessClone", broken)
+    frame = synthetic_frame()
+    box = Box(200, 150, 400, 380)
+    with caplog.at_level(logging.INFO, logger="lipsync.stages.composite"):
+        result = composite_face(frame, shifted_crop(frame, box), box)
+    assert result.method == "feather"
+    assert any("seamlessClone failed" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8, 12, 16, 24])
+def test_tiny_box_works(size):
+    frame = synthetic_frame()
+    box = Box(300, 200, 300 + size, 200 + size)
+    # Texture, not a flat patch: Poisson keeps gradients, so a flat crop would (rightly) change nothing.
+    crop = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    result = composite_face(frame, crop, box)
+    # Regions too small for a meaningful Poisson solve are feathered, so the face is not erased.
+    assert result.method == ("poisson" if size >= 24 else "feather")
+    assert result.frame.shape == frame.shape and result.frame.dtype == np.uint8
+    support = support_in_frame(frame, box)
+    assert np.array_equal(result.frame[~support], frame[~support])
+    if size >= 8:
+        assert (result.frame[support] != frame[support]).any()
+
+
+def test_custom_mask_is_honoured():
+    frame = synthetic_frame()
+    box = Box(200, 150, 300, 250)
+    mask = np.zeros((100, 100), np.float32)
+    mask[40:60, 40:60] = 1.0
+    result = composite_face(frame, shifted_crop(frame, box), box, mask=mask, poisson=False)
+    changed = np.any(result.frame != frame, axis=-1)
+    assert changed[190:210, 240:260].all() and changed.sum() == 400
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"generated_crop": np.zeros((10, 10, 3), np.uint8)}, "generated_crop"),
+        ({"generated_crop": np.zeros((100, 100, 3), np.float32)}, "generated_crop"),
+        ({"frame": np.zeros((480, 640), np.uint8)}, "frame"),
+        ({"box": Box(300, 300, 300, 400)}, "box"),
+        ({"box": Box(1000, 1000, 1100, 1100)}, "box"),
+        ({"box": Box(float("nan"), 0, 100, 100)}, "box"),
+        ({"mask": np.ones((5, 5), np.float32)}, "mask"),
+    ],
+)
+def test_invalid_inputs(kwargs, field):
+    args = {
+        "frame": synthetic_frame(),
+        "generated_crop": np.zeros((100, 100, 3), np.uint8),
+        "box": Box(200, 150, 300, 250),
+    }
+    args.update(kwargs)
+    mask = args.pop("mask", None)
+    with pytest.raises(InputError) as info:
+        composite_face(args["frame"], args["generated_crop"], args["box"], mask=mask)
+    assert info.value.field == field
