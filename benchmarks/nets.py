@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -102,10 +103,7 @@ def run_case(case: dict) -> dict:
     model = model.to(device=device, dtype=dtype)
     if case["channels_last"]:
         to_channels_last(model)
-    inputs = [
-        x.to(device=device, dtype=dtype, memory_format=fmt if x.shape[-1] > 16 else torch.contiguous_format)
-        for x in make_inputs(case["batch"])
-    ]
+    inputs = [x.to(device=device, dtype=dtype, memory_format=fmt) for x in make_inputs(case["batch"])]
     times: list[float] = []
     with torch.inference_mode():
         for _ in range(case["warmup"]):
@@ -117,11 +115,14 @@ def run_case(case: dict) -> dict:
             model(*inputs)
             _sync(device)
             times.append(time.perf_counter() - t0)
-    sec = sum(times) / len(times)
+    # The median, not the mean: on a shared machine the odd iteration stalls behind another process.
+    sec = statistics.median(times)
     out = {
         **case,
         "iters": len(times),
         "sec_per_batch": sec,
+        "sec_per_batch_mean": statistics.fmean(times),
+        "sec_per_batch_best": min(times),
         "sec_per_item": sec / case["batch"],
         "items_per_s": case["batch"] / sec,
         "realtime_factor_25fps": case["batch"] / sec / VIDEO_FPS,
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cuda = torch.cuda.is_available()
+    load_before = os.getloadavg()
     n = 2048 if args.quick else 4096
     print(f"measuring sgemm {n}x{n} ...", flush=True)
     peaks = {"cpu_fp32": matmul_gflops(torch.device("cpu"), torch.float32, n, 1.0 if args.quick else 3.0)}
@@ -241,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(_table(rows))
+    print(
+        f"sgemm fp32: {peaks['cpu_fp32']:.0f} GFLOP/s on CPU ({torch.get_num_threads()} threads); "
+        f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -250,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if cuda else None,
             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if cuda else None,
+            # 1-minute load average before and after: other processes on the machine skew CPU rows.
+            "loadavg_1min": [load_before[0], os.getloadavg()[0]],
         },
         "quick": args.quick,
         "matmul_gflops": peaks,

@@ -35,7 +35,10 @@ def read_index(frame: np.ndarray) -> int:
     stripe = width // BITS
     value = 0
     for bit in range(BITS):
-        patch = frame[height // 8 : height // 2 - height // 8, bit * stripe + stripe // 4 : (bit + 1) * stripe - stripe // 4]
+        patch = frame[
+            height // 8 : height // 2 - height // 8,
+            bit * stripe + stripe // 4 : (bit + 1) * stripe - stripe // 4,
+        ]
         if patch.mean() > 128:
             value |= 1 << bit
     return value
@@ -57,12 +60,17 @@ def write_video(
     container_format: str | None = None,
     faststart: bool = False,
     pix_fmt: str = "yuv420p",
+    preset: str = "ultrafast",
+    gop: int | None = None,
 ) -> Path:
     """An H.264 clip of index frames. ``pts`` (in ``time_base`` units) makes it variable-frame-rate."""
     options = {"movflags": "+faststart"} if faststart else {}
     out = av.open(str(path), mode="w", format=container_format, options=options)
     fps = Fraction(fps)
-    stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
+    x264 = {"preset": preset, "crf": "18"}
+    if gop is not None:  # short GOPs give seeks many keyframes to land on
+        x264.update(g=str(gop), keyint_min=str(gop), sc_threshold="0")
+    stream = out.add_stream("libx264", rate=fps, options=x264)
     if pix_fmt == "yuv420p":  # 4:2:0 needs even sizes; 4:4:4 stores odd ones exactly
         width, height = width + (width & 1), height + (height & 1)
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -85,11 +93,13 @@ def write_video(
         out.mux(stream.encode(vf))
     out.mux(stream.encode(None))
     if astream is not None:
-        n = int(round((audio_seconds or 0) * audio_rate))
+        n = round((audio_seconds or 0) * audio_rate)
         t = np.arange(n) / audio_rate
         tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         for start in range(0, n, 1024):
-            af = av.AudioFrame.from_ndarray(tone[None, start : start + 1024].copy(), format="fltp", layout="mono")
+            af = av.AudioFrame.from_ndarray(
+                tone[None, start : start + 1024].copy(), format="fltp", layout="mono"
+            )
             af.sample_rate = audio_rate
             af.pts = start
             af.time_base = Fraction(1, audio_rate)
@@ -126,7 +136,7 @@ def write_audio(
     stereo_right_gain: float = 1.0,
 ) -> np.ndarray:
     """A sine tone file; returns the float samples written (channels, n) for comparisons."""
-    n = int(round(seconds * rate))
+    n = round(seconds * rate)
     t = np.arange(n) / rate
     tone = 0.5 * np.sin(2 * np.pi * freq * t)
     data = np.stack([tone] + [tone * stereo_right_gain] * (channels - 1)).astype(np.float64)

@@ -256,17 +256,19 @@ class ColorFaceBackend:
 
 def write_photo_video(
     path: Path, photo: Path, *, width: int = 320, height: int = 240, fps: int = 25, seconds: float = 2.0,
-    pan: float = 12.0,
+    pan: float = 12.0, center: tuple[float, float] = (0.5, 0.5),
 ) -> Path:  # fmt: skip
-    """A video of a real photo, fitted to width x height, slowly panning (so tracking has to follow)."""
+    """A video of a real photo, scaled to cover width x height, slowly panning (so tracking has to follow).
+
+    ``center`` (fractions of the photo's width and height) is where the window looks: put the face there."""
     img = cv2.imread(str(photo))
     if img is None:
         raise FileNotFoundError(photo)
     scale = max((width + 2 * pan) / img.shape[1], (height + 2 * pan) / img.shape[0])
     big = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     n = round(fps * seconds)
-    oy = (big.shape[0] - height) // 2
-    ox0 = (big.shape[1] - width) // 2
+    oy = int(np.clip(center[1] * big.shape[0] - height / 2, 0, big.shape[0] - height))
+    ox0 = int(np.clip(center[0] * big.shape[1] - width / 2, pan, big.shape[1] - width - pan))
 
     def frame(i: int) -> np.ndarray:
         ox = round(ox0 + pan * math.sin(2 * math.pi * i / max(1, n)))
@@ -285,18 +287,17 @@ def decode_frames(path: Path) -> list[np.ndarray]:
 
 
 def stream_durations(path: Path) -> tuple[int, float, float]:
-    """(video frame count, video duration s, audio duration s) read from the container's streams."""
+    """(decoded video frames, their duration at the stream's fps, the audio stream's duration in s).
+
+    The audio duration is the container's (what players use: the AAC priming and the padding of the last
+    1024-sample packet are cut by the edit list), not a count of decoded samples."""
+    from lipsync.media import probe
+
     with av.open(str(path)) as container:
-        vs = container.streams.video[0]
+        fps = float(container.streams.video[0].average_rate)
         frames = sum(1 for _ in container.decode(video=0))
-        fps = float(vs.average_rate)
-    with av.open(str(path)) as container:
-        samples = 0
-        rate = 0
-        for f in container.decode(audio=0):
-            samples += f.samples
-            rate = f.sample_rate
-    return frames, frames / fps, samples / rate if rate else 0.0
+    info = probe(path)
+    return frames, frames / fps, float(info.audio_duration or 0.0)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -38,11 +38,17 @@ def _constant_outputs_model(outputs: list[tuple[str, np.ndarray]], input_shape) 
     inits = [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
     outs = []
     for k, (name, value) in enumerate(outputs):
-        inits.append(helper.make_tensor(f"c{k}", TensorProto.FLOAT, value.shape, value.astype(np.float32).ravel()))
+        inits.append(
+            helper.make_tensor(f"c{k}", TensorProto.FLOAT, value.shape, value.astype(np.float32).ravel())
+        )
         nodes.append(helper.make_node("Add", [f"c{k}", "z"], [name]))
         outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
     graph = helper.make_graph(
-        nodes, "scrfd_stub", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, input_shape)], outs, inits
+        nodes,
+        "scrfd_stub",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, input_shape)],
+        outs,
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
@@ -82,7 +88,9 @@ def _scrfd_model(*, batched: bool, fixed: bool, shuffle: bool = False) -> onnx.M
     for kind, idx in (("score", 0), ("bbox", 1), ("kps", 2)):
         for stride in (8, 16, 32):
             value = levels[stride][idx]
-            outs.append((f"{kind}_{stride}" if batched else str(400 + len(outs)), value[None] if batched else value))
+            outs.append(
+                (f"{kind}_{stride}" if batched else str(400 + len(outs)), value[None] if batched else value)
+            )
     if shuffle:
         outs = outs[::-1]
     shape = [1, 3, SIZE, SIZE] if fixed else ["batch", 3, "height", "width"]
@@ -104,7 +112,9 @@ def test_scrfd_decodes_known_outputs_and_scales_back(batched, fixed, shuffle):
     # A 200x100 frame letterboxes to 64x32 (scale 0.32), padded at the bottom.
     frame = np.full((100, 200, 3), 90, np.uint8)
     faces = det.detect(frame)
-    assert len(faces) == 2, "NMS keeps the strong face and the stride-16 face, drops the duplicate and the weak one"
+    assert len(faces) == 2, (
+        "NMS keeps the strong face and the stride-16 face, drops the duplicate and the weak one"
+    )
     first, second = faces
     assert first.score == pytest.approx(0.9)
     np.testing.assert_allclose(first.box.as_list(), EXPECTED_BOX_LB / 0.32, atol=1e-3)
@@ -118,7 +128,9 @@ def test_scrfd_fixed_input_size_is_read_from_the_session():
     det = SCRFDDetector(_session(_scrfd_model(batched=False, fixed=True)))  # default 640 ignored
     assert (det.input_width, det.input_height) == (SIZE, SIZE)
     # A tall frame: 50x160 -> scale 0.4 -> 20x64 content, padded on the right.
-    faces = SCRFDDetector(_session(_scrfd_model(batched=False, fixed=True))).detect(np.zeros((160, 50, 3), np.uint8))
+    faces = SCRFDDetector(_session(_scrfd_model(batched=False, fixed=True))).detect(
+        np.zeros((160, 50, 3), np.uint8)
+    )
     np.testing.assert_allclose(faces[0].box.as_list(), [20, 10, 50, 50], atol=1e-3)  # x clipped to 50
 
 
@@ -137,7 +149,9 @@ def test_scrfd_preprocess_is_rgb_normalised_letterbox():
     blob, lb = det.preprocess(frame)
     assert blob.shape == (1, 3, SIZE, SIZE) and blob.dtype == np.float32
     assert lb.scale_x == pytest.approx(1.0) and lb.content_height == 32
-    np.testing.assert_allclose(blob[0, :, 0, 0], [(250 - 127.5) / 128, (128 - 127.5) / 128, (10 - 127.5) / 128])
+    np.testing.assert_allclose(
+        blob[0, :, 0, 0], [(250 - 127.5) / 128, (128 - 127.5) / 128, (10 - 127.5) / 128]
+    )
     np.testing.assert_allclose(blob[0, :, 40, 0], [-127.5 / 128] * 3)  # bottom padding is black
 
 
@@ -185,11 +199,11 @@ def test_align_face_puts_landmarks_on_the_template():
     lms = (ARCFACE_TEMPLATE @ (scale * rot).T + [60.0, 90.0]).astype(np.float32)
     img = np.zeros((360, 360, 3), np.uint8)
     for k, (x, y) in enumerate(lms):
-        img[int(round(y)) - 2 : int(round(y)) + 3, int(round(x)) - 2 : int(round(x)) + 3] = 50 * (k + 1)
+        img[round(y) - 2 : round(y) + 3, round(x) - 2 : round(x) + 3] = 50 * (k + 1)
     crop = align_face(img, lms)
     assert crop.shape == (112, 112, 3)
     for k, (x, y) in enumerate(ARCFACE_TEMPLATE):
-        patch = crop[int(round(y)) - 1 : int(round(y)) + 2, int(round(x)) - 1 : int(round(x)) + 2, 0]
+        patch = crop[round(y) - 1 : round(y) + 2, round(x) - 1 : round(x) + 2, 0]
         assert abs(int(patch.max()) - 50 * (k + 1)) <= 12, f"landmark {k} not on the template"
 
 
@@ -213,7 +227,9 @@ def test_arcface_normalisation_rgb_order_and_l2(batch):
     assert rec.input_size == 112
     img = np.zeros((200, 200, 3), np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = 255, 0, 191  # B, G, R
-    face = Face(Box(0, 0, 112, 112), ARCFACE_TEMPLATE.copy(), 1.0)  # identity alignment: crop = img[:112, :112]
+    face = Face(
+        Box(0, 0, 112, 112), ARCFACE_TEMPLATE.copy(), 1.0
+    )  # identity alignment: crop = img[:112, :112]
     expected = np.array([(191 - 127.5) / 127.5, (0 - 127.5) / 127.5, (255 - 127.5) / 127.5])
     expected /= np.linalg.norm(expected)
     np.testing.assert_allclose(rec.embed(img, face), expected, atol=1e-5)

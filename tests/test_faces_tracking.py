@@ -49,7 +49,13 @@ class SquareBackend:
             if len(xs) < 4:
                 continue
             box = Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-            lm = np.stack([box.x1 + ARCFACE_TEMPLATE[:, 0] / 112 * box.width, box.y1 + ARCFACE_TEMPLATE[:, 1] / 112 * box.height], 1)
+            lm = np.stack(
+                [
+                    box.x1 + ARCFACE_TEMPLATE[:, 0] / 112 * box.width,
+                    box.y1 + ARCFACE_TEMPLATE[:, 1] / 112 * box.height,
+                ],
+                1,
+            )
             faces.append(Face(box, lm.astype(np.float32), 1.0))
         return faces
 
@@ -115,7 +121,9 @@ def test_reference_embedding_errors_and_largest_face(caplog):
     assert NAMES[int(np.argmax(r.embedding))] == "green"  # the larger square
     assert "using the largest" in caplog.text
     # Several images are averaged and renormalised.
-    avg = reference_embedding(backend, char, images=[frame_with({"red": (0, 0, 9)}), frame_with({"green": (0, 0, 9)})])
+    avg = reference_embedding(
+        backend, char, images=[frame_with({"red": (0, 0, 9)}), frame_with({"green": (0, 0, 9)})]
+    )
     np.testing.assert_allclose(avg.embedding, [np.sqrt(0.5), np.sqrt(0.5), 0], atol=1e-6)
     with pytest.raises(FaceError, match="unique"):
         build_references(backend, [char, char])
@@ -135,7 +143,9 @@ def test_moving_face_with_gaps(every):
     absent = set(range(23, 38)) | set(range(60, 66))
     frames = [frame_with({} if i in absent else {"red": path[i]}) for i in range(n)]
     opts = TrackingOptions(sample_every=every, temporal_smoothing=0.3)
-    (track,) = track_characters(iter(frames), SquareBackend(), references=[ref("red")], options=opts, num_frames=n)
+    (track,) = track_characters(
+        iter(frames), SquareBackend(), references=[ref("red")], options=opts, num_frames=n
+    )
     for i in range(n):
         point = track.get(i)
         if i in absent:
@@ -165,7 +175,10 @@ def test_two_identities_crossing_keep_their_ids():
         truth["green"].append(b)
         frames.append(frame_with({"red": a, "green": b}))
     tracks = track_characters(
-        frames, SquareBackend(), references=[ref("red"), ref("green")], options=TrackingOptions(sample_every=6)
+        frames,
+        SquareBackend(),
+        references=[ref("red"), ref("green")],
+        options=TrackingOptions(sample_every=6),
     )
     assert [t.character_id for t in tracks] == ["red", "green"]
     for t in tracks:
@@ -180,7 +193,9 @@ def test_shot_change_is_not_interpolated_across():
     det = ShotChangeDetector(0.5)
     cuts = [i for i, f in enumerate(frames) if det.update(f)]
     assert cuts == [20]
-    (track,) = track_characters(frames, SquareBackend(), references=[ref("red")], options=TrackingOptions(sample_every=7))
+    (track,) = track_characters(
+        frames, SquareBackend(), references=[ref("red")], options=TrackingOptions(sample_every=7)
+    )
     assert all(track.get(i).box.iou(gt_box(10, 10, 20)) > 0.95 for i in range(20))
     assert all(track.get(i).box.iou(gt_box(120, 80, 20)) > 0.95 for i in range(20, 40))
     assert not track.get(19).interpolated and not track.get(20).interpolated
@@ -216,7 +231,9 @@ def test_streaming_holds_a_bounded_number_of_frames():
             del f  # reference counting frees a frame as soon as the tracker lets go of it
             peak = max(peak, sum(r() is not None for r in alive))
 
-    (track,) = track_characters(frames(), SquareBackend(), references=[ref("red")], options=TrackingOptions(sample_every=6))
+    (track,) = track_characters(
+        frames(), SquareBackend(), references=[ref("red")], options=TrackingOptions(sample_every=6)
+    )
     assert peak <= 6 + 1, f"{peak} frames alive at once"
     assert len(track) > 50
 
@@ -226,11 +243,17 @@ def test_smoothing_damps_jitter_without_lag():
     n = 60
     truth = [(10 + 2 * i, 40, 30) for i in range(n)]
     jitter = rng.integers(-3, 4, size=(n, 2))
-    frames = [frame_with({"red": (x + jx, y + jy, s)}, size=(200, 120)) for (x, y, s), (jx, jy) in zip(truth, jitter, strict=True)]
+    frames = [
+        frame_with({"red": (x + jx, y + jy, s)}, size=(200, 120))
+        for (x, y, s), (jx, jy) in zip(truth, jitter, strict=True)
+    ]
 
     def errors(strength):
         (t,) = track_characters(
-            frames, SquareBackend(), references=[ref("red")], options=TrackingOptions(sample_every=1, temporal_smoothing=strength)
+            frames,
+            SquareBackend(),
+            references=[ref("red")],
+            options=TrackingOptions(sample_every=1, temporal_smoothing=strength),
         )
         return np.array([t.get(i).box.center[0] - (truth[i][0] + 15) for i in range(n)])
 
@@ -250,7 +273,12 @@ def test_smoothing_helpers():
 
 
 def test_options_are_validated():
-    for bad in ({"similarity_threshold": 1.5}, {"temporal_smoothing": -0.1}, {"sample_every": 0}, {"pads": (1, 2)}):
+    for bad in (
+        {"similarity_threshold": 1.5},
+        {"temporal_smoothing": -0.1},
+        {"sample_every": 0},
+        {"pads": (1, 2)},
+    ):
         with pytest.raises(ValueError):
             TrackingOptions(**bad)
 
@@ -271,7 +299,12 @@ def test_json_schema_roundtrip_and_pads():
                 "id": "obama",
                 "name": "Barack Obama",
                 "frames": [
-                    {"frame": 3, "box": [10.12, 20.0, 50.0, 70.46], "similarity": 0.8765, "interpolated": False},
+                    {
+                        "frame": 3,
+                        "box": [10.12, 20.0, 50.0, 70.46],
+                        "similarity": 0.8765,
+                        "interpolated": False,
+                    },
                     {"frame": 4, "box": [12.0, 21.0, 52.0, 71.0], "similarity": 0.8, "interpolated": True},
                 ],
             }

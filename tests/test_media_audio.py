@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media_fixtures import AUDIO_FORMATS, write_audio, write_empty_wav, write_video
 
-from lipsync.errors import CorruptMedia, EmptyAudio, MediaNotFound, MediaTooLarge, NoAudioStream, NotAMediaFile
+from lipsync.errors import (
+    CorruptMedia,
+    EmptyAudio,
+    MediaNotFound,
+    MediaTooLarge,
+    NoAudioStream,
+    NotAMediaFile,
+)
 from lipsync.media import MediaLimits, decode_audio, probe
+from media_fixtures import AUDIO_FORMATS, write_audio, write_empty_wav, write_video
 
 
 def _peak_hz(audio: np.ndarray, rate: int) -> float:
@@ -88,7 +95,7 @@ def test_missing_and_not_media(tmp_path):
         decode_audio(tmp_path / "missing.mp3")
     page = tmp_path / "speech.mp3"
     page.write_text("<html><body>Access denied</body></html>")
-    with pytest.raises(NotAMediaFile, match="not a media file.*HTML"):
+    with pytest.raises(NotAMediaFile, match=r"not a media file.*HTML"):
         decode_audio(page)
 
 

@@ -8,10 +8,10 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from media_fixtures import index_frame, read_index, write_audio, write_image, write_video
 
 from lipsync.errors import CorruptMedia, NoVideoStream
 from lipsync.media import FrameReader, iter_frames, probe
+from media_fixtures import index_frame, read_index, write_audio, write_image, write_video
 
 VFR_STEPS = [33, 67, 33, 100, 34, 33, 66, 33, 133, 33, 17, 16, 50]
 
@@ -25,13 +25,28 @@ def _vfr_pts() -> list[int]:
 
 @pytest.fixture(scope="module")
 def vfr_clip(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("vfr") / "vfr.mp4", pts=_vfr_pts(), time_base=Fraction(1, 1000))
+    return write_video(
+        tmp_path_factory.mktemp("vfr") / "vfr.mp4", pts=_vfr_pts(), time_base=Fraction(1, 1000)
+    )
 
 
 @pytest.fixture(scope="module")
 def cfr_clip(tmp_path_factory):
     # Short GOP so seeks land on many different keyframes.
     return write_video(tmp_path_factory.mktemp("cfr") / "cfr.mp4", frames=90, fps=Fraction(30000, 1001))
+
+
+@pytest.fixture(scope="module")
+def bframe_vfr_clip(tmp_path_factory):
+    # B-frames (decode order != display order) and a keyframe every 8 frames: seeks land on keyframes
+    # whose DTS is before their PTS, which the reader must handle.
+    return write_video(
+        tmp_path_factory.mktemp("bvfr") / "bvfr.mp4",
+        pts=_vfr_pts(),
+        time_base=Fraction(1, 1000),
+        preset="medium",
+        gop=8,
+    )
 
 
 def _expected_sources(pts_ms: list[int], fps: Fraction, n: int) -> list[int]:
@@ -59,9 +74,11 @@ def test_frames_are_bgr(tmp_path):
     assert r > 200 and g < 60 and b < 60
 
 
-def test_vfr_maps_to_cfr_by_timestamp(vfr_clip):
-    info = probe(vfr_clip)
-    frames = [read_index(f) for f in iter_frames(vfr_clip, info=info)]
+@pytest.mark.parametrize("clip", ["vfr_clip", "bframe_vfr_clip"])
+def test_vfr_maps_to_cfr_by_timestamp(request, clip):
+    path = request.getfixturevalue(clip)
+    info = probe(path)
+    frames = [read_index(f) for f in iter_frames(path, info=info)]
     pts = _vfr_pts()
     assert len(frames) == info.num_frames == len(pts)
     assert frames == [j % 256 for j in _expected_sources(pts, info.fps, info.num_frames)]
@@ -80,7 +97,11 @@ def test_shared_vfr_clip_decodes_to_average_rate(shared_media):
 
 def test_rotation_is_applied(tmp_path):
     upright = index_frame(0, 64, 48)
-    for ccw, expected in [(-90, np.rot90(upright, k=-1)), (90, np.rot90(upright, k=1)), (180, np.rot90(upright, 2))]:
+    for ccw, expected in [
+        (-90, np.rot90(upright, k=-1)),
+        (90, np.rot90(upright, k=1)),
+        (180, np.rot90(upright, 2)),
+    ]:
         path = write_video(tmp_path / f"r{ccw}.mp4", frames=2, rotation_ccw=ccw)
         frame = next(iter_frames(path))
         assert frame.shape == expected.shape
@@ -120,7 +141,7 @@ def test_iter_frames_is_lazy(cfr_clip):
     assert read_index(first) == 0
 
 
-@pytest.mark.parametrize("clip", ["cfr_clip", "vfr_clip"])
+@pytest.mark.parametrize("clip", ["cfr_clip", "vfr_clip", "bframe_vfr_clip"])
 def test_reader_matches_stream_in_any_order(request, clip):
     path = request.getfixturevalue(clip)
     info = probe(path)

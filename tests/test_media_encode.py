@@ -7,10 +7,10 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from media_fixtures import box_order, index_frame, read_index
 
 from lipsync.errors import EncodeError
 from lipsync.media import VideoWriter, decode_audio, even_size, iter_frames, probe
+from media_fixtures import box_order, index_frame, read_index
 
 
 def _write(path, n, fps=Fraction(25), width=64, height=48, **kwargs):
@@ -25,7 +25,12 @@ def test_round_trip_frames_and_format(tmp_path):
     writer = _write(path, 40, fps=Fraction(30000, 1001))
     assert writer.frames_written == 40
     info = probe(path)
-    assert (info.video_codec, info.pix_fmt, info.fps, info.num_frames) == ("h264", "yuv420p", Fraction(30000, 1001), 40)
+    assert (info.video_codec, info.pix_fmt, info.fps, info.num_frames) == (
+        "h264",
+        "yuv420p",
+        Fraction(30000, 1001),
+        40,
+    )
     assert not info.is_vfr and not info.has_audio
     assert [read_index(f) for f in iter_frames(path)] == list(range(40))
 
@@ -120,9 +125,8 @@ def test_long_interleaving_keeps_audio_in_step(tmp_path):
 
 def test_no_frames_is_an_error_and_leaves_no_file(tmp_path):
     path = tmp_path / "none.mp4"
-    with pytest.raises(EncodeError, match="no frames were written"):
-        with VideoWriter(path, 64, 48, 25):
-            pass
+    with pytest.raises(EncodeError, match="no frames were written"), VideoWriter(path, 64, 48, 25):
+        pass
     assert not path.exists()
 
 
@@ -147,4 +151,22 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="fps"):
         VideoWriter(tmp_path / "a.mp4", 64, 48, 0)
     with pytest.raises(EncodeError, match="cannot create"):
-        VideoWriter(tmp_path / "a.mp4", 64, 48, 25, preset="no-such-preset").write(np.zeros((48, 64, 3), np.uint8))
+        VideoWriter(tmp_path / "a.mp4", 64, 48, 25, preset="no-such-preset").write(
+            np.zeros((48, 64, 3), np.uint8)
+        )
+
+
+def test_colours_round_trip_and_are_tagged_bt709(tmp_path):
+    colours = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255), (30, 200, 120), (128, 128, 128)]
+    image = np.zeros((64, 96, 3), np.uint8)
+    for k, colour in enumerate(colours):
+        image[:, k * 16 : (k + 1) * 16] = colour
+    path = tmp_path / "colours.mp4"
+    with VideoWriter(path, 96, 64, 25, crf=0, preset="ultrafast") as writer:
+        writer.write(image)
+    frame = next(iter_frames(path))
+    for k, colour in enumerate(colours):
+        assert np.abs(frame[32, k * 16 + 8].astype(int) - colour).max() <= 6, colour
+    with av.open(str(path)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range) == (1, 1, 1, 1)

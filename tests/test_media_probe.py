@@ -6,10 +6,10 @@ import json
 from fractions import Fraction
 
 import pytest
-from media_fixtures import AUDIO_FORMATS, write_audio, write_image, write_video
 
 from lipsync.errors import CorruptMedia, MediaNotFound, MediaTooLarge, NotAMediaFile, NoVideoStream
 from lipsync.media import MediaLimits, probe
+from media_fixtures import AUDIO_FORMATS, write_audio, write_image, write_video
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_truncated_mp4_without_index_is_corrupt_not_unknown(tmp_path):
     data = path.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorruptMedia, match="looks like MP4/MOV.*truncated or damaged") as err:
+    with pytest.raises(CorruptMedia, match=r"looks like MP4/MOV.*truncated or damaged") as err:
         probe(cut)
     assert err.value.code == "corrupt_media"
 
@@ -184,3 +184,11 @@ def test_duration_limit(tmp_path):
 def test_default_limits():
     limits = MediaLimits()
     assert (limits.max_width, limits.max_height, limits.max_duration_s) == (4096, 4096, 3 * 3600)
+
+
+def test_raw_h264_elementary_stream(tmp_path):
+    # No container index and no stored duration: frames are counted from the packets.
+    path = write_video(tmp_path / "raw.h264", frames=20, fps=25, container_format="h264")
+    info = probe(path)
+    assert info.format_name == "h264"
+    assert (info.fps, info.num_frames, info.is_vfr) == (25, 20, False)

@@ -134,6 +134,20 @@ def test_mirror_used_when_primary_404s(http_server, tmp_path):
     assert dest.read_bytes() == body
 
 
+def test_bad_bytes_on_primary_fall_back_to_mirror(http_server, tmp_path):
+    body = payload(50_000, seed=12)
+    http_server.add("primary.pth", payload(50_000, seed=13))  # a re-upload with other bytes
+    http_server.add("mirror.pth", body)
+    dest = download(
+        [http_server.url("primary.pth"), http_server.url("mirror.pth")],
+        tmp_path / "w.pth",
+        hashlib.sha256(body).hexdigest(),
+        options=FAST,
+    )
+    assert dest.read_bytes() == body
+    assert http_server.gets("mirror.pth")[0].range is None  # started afresh, nothing spliced
+
+
 def test_5xx_is_retried_with_backoff(http_server, tmp_path):
     route = http_server.add("flaky.pth", status=503)
     with pytest.raises(ModelDownloadError, match="503"):

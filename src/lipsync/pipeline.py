@@ -33,8 +33,7 @@ import numpy as np
 from lipsync.audio import mel_window, num_audio_frames, wav2lip_mel
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound, NoFaceFound
-from lipsync.faces.backend import FaceBackend, create_face_backend
-from lipsync.faces.tracking import TrackingOptions, track_characters
+from lipsync.faces import FaceBackend, TrackingOptions, create_face_backend, track_characters
 from lipsync.media import FrameReader, MediaInfo, MediaLimits, VideoWriter, decode_audio, iter_frames, probe
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.stages.composite import composite_face

@@ -28,9 +28,11 @@ _FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "batch_size": "wav2l
                 "output": "upload_url"}
 
 
-def _api_field(exc: LipSyncError) -> LipSyncError:
+def _for_api(exc: LipSyncError, workdir: Path) -> LipSyncError:
+    """Name the API's fields, and keep server paths out of messages (scratch files -> their names)."""
     if exc.field in _FIELD_NAMES:
         exc.field = _FIELD_NAMES[exc.field]
+    exc.message = exc.message.replace(f"{workdir}{os.sep}", "").replace(str(workdir), "")
     return exc
 
 
@@ -55,7 +57,7 @@ class JobWork:
                 return self._face_tracking(job, ctx)
             return self._lipsync(job, ctx)
         except LipSyncError as exc:
-            raise _api_field(exc) from None
+            raise _for_api(exc, ctx.workdir) from None
 
     # --- steps --------------------------------------------------------------------------------------
 

@@ -19,7 +19,11 @@ def _limits():
 def _human(info) -> str:
     lines = [f"file:       {info.path}", f"container:  {info.format_name}, {info.duration:.3f} s"]
     if info.has_video:
-        kind = "still image" if info.is_image else ("variable frame rate" if info.is_vfr else "constant frame rate")
+        kind = (
+            "still image"
+            if info.is_image
+            else ("variable frame rate" if info.is_vfr else "constant frame rate")
+        )
         lines += [
             f"video:      {info.video_codec} {info.pix_fmt}, stored {info.width}x{info.height}, "
             f"displayed {info.display_width}x{info.display_height} (rotation {info.rotation}°)",

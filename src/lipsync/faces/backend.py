@@ -119,9 +119,12 @@ def create_face_backend(settings: Settings, store=None) -> FaceBackend:
             from lipsync.models import ModelStore
 
             store = ModelStore(settings)
-        folder = Path(store.ensure("buffalo_l"))
-        det_path = det_path or folder / "det_10g.onnx"
-        rec_path = rec_path or folder / "w600k_r50.onnx"
+        if hasattr(store, "face_model_paths"):  # honours det_model/rec_model and checks them
+            det_path, rec_path = store.face_model_paths()
+        else:
+            folder = Path(store.ensure("buffalo_l"))
+            det_path = det_path or folder / "det_10g.onnx"
+            rec_path = rec_path or folder / "w600k_r50.onnx"
     device = str(getattr(settings, "device", "auto"))
     detector = SCRFDDetector(create_session(det_path, device))
     recognizer = ArcFaceRecognizer(create_session(rec_path, device))

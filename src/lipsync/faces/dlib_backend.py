@@ -8,6 +8,12 @@ Detection runs on a copy downscaled so its longer side is at most ``detect_max_s
 resolution costs 0.3-2.7 s per photo) with one pyramid upsample, so faces down to about 40 px at the
 detection scale are found; landmarks and descriptors are computed on the full-resolution frame.
 
+Boxes: HOG boxes snap to the detector's 8-pixel cell grid and jump between pyramid scales (a face moving
+smoothly gets boxes that wobble by 5-10 px and change size by 20%), so the returned box is derived
+from the 68 regressed landmarks instead: their horizontal extent, chin at the bottom, and the brows
+raised by 15% of the brow-to-chin height at the top (the forehead, as face detectors frame it).
+Measured on a face sliding across a synthetic clip: IoU with the true box 0.97-1.0 instead of 0.70-0.97.
+
 Landmarks: the 68-point model gives real mouth corners, so the five points are, in SCRFD order,
 the image-left eye centre (mean of points 36-41), the image-right eye centre (42-47), the nose tip (30)
 and the mouth corners (48, 54).
@@ -39,6 +45,7 @@ DLIB_DEFAULT_THRESHOLD = 0.5
 _DISTANCE_AT_HALF = 0.43
 
 _LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
+_FOREHEAD = 0.15  # box top = brows - this fraction of the brow-to-chin height
 _RECOGNITION = "dlib_face_recognition_resnet_model_v1.dat"
 
 _INSTALL_HINT = (
@@ -83,6 +90,7 @@ class DlibBackend:
         upsample: int = 1,
         score_threshold: float = 0.0,
         models_dir: Path | None = None,
+        embed_in_detect: bool = True,
     ) -> None:
         try:
             import dlib
@@ -96,10 +104,29 @@ class DlibBackend:
         self.detect_max_side = int(detect_max_side)
         self.upsample = int(upsample)
         self.score_threshold = float(score_threshold)
+        # dlib's recogniser was trained on chips aligned from landmarks that started at the HOG box;
+        # that box is not kept in Face, so the descriptor is computed here while it is at hand.
+        self.embed_in_detect = bool(embed_in_detect)
 
-    def _shape_for(self, rgb: np.ndarray, box: Box):
+    def _shape_for(self, rgb: np.ndarray, box: Box, *, from_landmark_box: bool = False):
+        if from_landmark_box:  # undo the forehead margin so the predictor starts from a detector-like box
+            top = box.y1 + (box.y2 - box.y1) * _FOREHEAD / (1.0 + _FOREHEAD)
+            box = Box(box.x1, top, box.x2, box.y2)
         rect = self._dlib.rectangle(round(box.x1), round(box.y1), round(box.x2), round(box.y2))
         return self._shape(rgb, rect)
+
+    @staticmethod
+    def box_from_68(points: np.ndarray, width: int, height: int) -> Box:
+        """The face box implied by 68 landmarks (see the module docstring)."""
+        brows = float(points[17:27, 1].min())
+        chin = float(points[:, 1].max())
+        top = brows - _FOREHEAD * (chin - brows)
+        return Box(
+            max(0.0, float(points[:, 0].min())),
+            max(0.0, top),
+            min(float(width), float(points[:, 0].max())),
+            min(float(height), chin),
+        )
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         h, w = frame_bgr.shape[:2]
@@ -111,7 +138,8 @@ class DlibBackend:
         )
         rects, scores, _ = self._detector.run(np.ascontiguousarray(small[:, :, ::-1]), self.upsample, 0.0)
         rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
-        faces = []
+        found = []
+        shapes = self._dlib.full_object_detections()
         for rect, score in sorted(zip(rects, scores, strict=True), key=lambda t: -t[1]):
             if score < self.score_threshold:
                 continue
@@ -125,28 +153,44 @@ class DlibBackend:
                 continue
             shape = self._shape_for(rgb, box)
             pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
-            faces.append(Face(box=box, landmarks=landmarks_from_68(pts), score=float(score)))
-        return faces
-
-    def embed(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray:
-        rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
-        shape = self._shape_for(rgb, face.box)
-        vec = np.asarray(self._recogniser.compute_face_descriptor(rgb, shape), dtype=np.float32)
-        return vec / max(float(np.linalg.norm(vec)), 1e-12)
-
-    def embed_many(self, frame_bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
-        if not faces:
+            tight = self.box_from_68(pts, w, h)
+            if tight.area <= 0:
+                continue
+            found.append((tight, landmarks_from_68(pts), float(score)))
+            shapes.append(shape)
+        if not found:
             return []
-        rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
-        shapes = self._dlib.full_object_detections()
-        for face in faces:
-            shapes.append(self._shape_for(rgb, face.box))
-        vecs = self._recogniser.compute_face_descriptor(rgb, shapes)
+        vectors: list[np.ndarray | None] = [None] * len(found)
+        if self.embed_in_detect:
+            vectors = self._descriptors(rgb, shapes)
+        return [
+            Face(box=box, landmarks=lm, score=score, embedding=vec)
+            for (box, lm, score), vec in zip(found, vectors, strict=True)
+        ]
+
+    def _descriptors(self, rgb: np.ndarray, shapes) -> list[np.ndarray]:
         out = []
-        for v in vecs:
+        for v in self._recogniser.compute_face_descriptor(rgb, shapes):
             a = np.asarray(v, dtype=np.float32)
             out.append(a / max(float(np.linalg.norm(a)), 1e-12))
         return out
+
+    def embed(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray:
+        return self.embed_many(frame_bgr, [face])[0]
+
+    def embed_many(self, frame_bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        """Descriptors of ``faces``: the ones ``detect`` computed when present (from the landmarks the HOG
+        box led to, as dlib's recogniser expects), otherwise from the box (slightly less accurate)."""
+        out: list[np.ndarray | None] = [f.embedding for f in faces]
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
+            shapes = self._dlib.full_object_detections()
+            for i in missing:
+                shapes.append(self._shape_for(rgb, faces[i].box, from_landmark_box=True))
+            for i, vec in zip(missing, self._descriptors(rgb, shapes), strict=True):
+                out[i] = vec
+        return [np.asarray(v, dtype=np.float32) for v in out]
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
         return distance_to_similarity(

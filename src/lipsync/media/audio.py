@@ -57,9 +57,17 @@ def decode_audio(
                 if out.samples:
                     chunks.append(out.to_ndarray())  # (channels, samples) float32, planar
 
+        time_base = stream.time_base
+        end_ticks: int | None = None  # where the last packet ends: the real end of the track
+        first_time: float | None = None
         try:
             for packet in container.demux(stream):
+                if packet.pts is not None and packet.duration and time_base:
+                    end = packet.pts + packet.duration
+                    end_ticks = end if end_ticks is None else max(end_ticks, end)
                 for frame in packet.decode():
+                    if first_time is None and frame.time is not None:
+                        first_time = float(frame.time)
                     take(resampler.resample(frame))
             take(resampler.resample(None))
         except av.FFmpegError as exc:
@@ -74,6 +82,12 @@ def decode_audio(
             field="audio",
         )
     audio = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    if end_ticks is not None and first_time is not None and time_base:
+        # Decoders return whole codec frames; the container's last packet duration says how much of
+        # the final AAC/Opus frame is real. Trim that encoder padding (never more than 0.1 s).
+        wanted = round((float(end_ticks * time_base) - first_time) * sample_rate)
+        if 0 < wanted < audio.shape[1] <= wanted + sample_rate // 10:
+            audio = audio[:, :wanted]
     if not np.all(np.isfinite(audio)):
         audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
     if mono:

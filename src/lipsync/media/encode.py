@@ -20,6 +20,8 @@ import numpy as np
 from lipsync.errors import EncodeError
 
 _AUDIO_CHUNK = 4096  # samples handed to the AAC encoder at a time (it re-frames to 1024)
+_BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
+_RANGE_MPEG = 1  # AVCOL_RANGE_MPEG: limited (16-235) range, what every player expects from H.264
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:
@@ -67,12 +69,19 @@ class VideoWriter:
         enc_w, enc_h = even_size(self.width, self.height)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"})
+            self._container = av.open(
+                str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"}
+            )
             self._vstream = self._container.add_stream(
                 "libx264", rate=self.fps, options={"crf": str(crf), "preset": preset}
             )
             self._vstream.width, self._vstream.height = enc_w, enc_h
             self._vstream.pix_fmt = "yuv420p"
+            # Convert with BT.709 and say so in the stream (VUI): untagged H.264 leaves players to guess,
+            # and browsers guess 709 for HD, which shifts colours converted with swscale's 601 default.
+            vctx = self._vstream.codec_context
+            vctx.colorspace, vctx.color_primaries, vctx.color_trc = _BT709, _BT709, _BT709
+            vctx.color_range = _RANGE_MPEG
             self._vstream.codec_context.time_base = 1 / self.fps
             if threads:
                 self._vstream.codec_context.thread_count = threads
@@ -83,6 +92,8 @@ class VideoWriter:
                 self._astream.codec_context.layout = "mono" if channels == 1 else "stereo"
                 self._astream.codec_context.bit_rate = audio_bitrate
                 self._astream.codec_context.time_base = Fraction(1, self._audio_rate)
+            # Open the encoders now, so a bad preset or codec fails here and not at the first frame.
+            self._container.start_encoding()
         except (av.FFmpegError, OSError, ValueError) as exc:
             self._abort()
             raise EncodeError(f"cannot create {self.path}: {exc}") from exc
@@ -99,7 +110,9 @@ class VideoWriter:
         pad_b, pad_r = self.height & 1, self.width & 1
         if pad_b or pad_r:
             frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, pad_b, 0, pad_r, cv2.BORDER_REPLICATE)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24").reformat(format="yuv420p")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24").reformat(
+            format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG"
+        )
         vf.pts = self.frames_written
         vf.time_base = self._vstream.codec_context.time_base
         try:
@@ -107,7 +120,9 @@ class VideoWriter:
             self.frames_written += 1
             self._feed_audio(self._audio_target(), final=False)
         except av.FFmpegError as exc:
-            raise EncodeError(f"encoding frame {self.frames_written} of {self.path.name} failed: {exc}") from exc
+            raise EncodeError(
+                f"encoding frame {self.frames_written} of {self.path.name} failed: {exc}"
+            ) from exc
 
     @property
     def duration(self) -> float:
@@ -126,8 +141,11 @@ class VideoWriter:
             chunk = self._audio[:, self._audio_sent : self._audio_sent + n]
             if chunk.shape[1] < n:  # the audio ran out: pad with silence to the video's length
                 chunk = np.pad(chunk, ((0, 0), (0, n - chunk.shape[1])))
+            chunk = np.clip(chunk, -1.0, 1.0)  # per chunk: the caller's array is never copied whole
             af = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(chunk), format="fltp", layout=self._astream.codec_context.layout
+                np.ascontiguousarray(chunk, dtype=np.float32),
+                format="fltp",
+                layout=self._astream.codec_context.layout,
             )
             af.sample_rate = self._audio_rate
             af.pts = self._audio_sent
@@ -175,11 +193,12 @@ class VideoWriter:
 
 
 def _as_planar(audio: np.ndarray) -> np.ndarray:
-    """(n,) or (n, channels) samples -> (channels, n) float32 for the planar AAC input."""
+    """(n,) or (n, channels) samples -> a (channels, n) view (float input is not copied)."""
     a = np.asarray(audio)
     if a.dtype == np.int16:
         a = a.astype(np.float32) / 32768.0
-    a = a.astype(np.float32, copy=False)
+    elif not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"audio must be float32 in [-1, 1] or int16, got {a.dtype}")
     if a.ndim == 1:
         a = a[None, :]
     elif a.ndim == 2:
@@ -188,4 +207,4 @@ def _as_planar(audio: np.ndarray) -> np.ndarray:
         a = a.T
     else:
         raise ValueError("audio must have shape (n,) or (n, channels)")
-    return np.ascontiguousarray(np.clip(a, -1.0, 1.0))
+    return a

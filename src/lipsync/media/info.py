@@ -109,19 +109,21 @@ def is_image_container(container: av.container.InputContainer) -> bool:
 def _rotation_from(frame: av.VideoFrame, stream: av.stream.Stream) -> int:
     # The display matrix (modern MP4/MOV, also copied onto decoded frames) gives a counter-clockwise
     # angle; the legacy "rotate" tag (old MOV, some MKV) gives the clockwise one. We report clockwise.
-    ccw = int(round(frame.rotation or 0))
+    ccw = round(frame.rotation or 0)
     if ccw:
         return (-ccw) % 360
     tag = {k.lower(): v for k, v in stream.metadata.items()}.get("rotate")
     if tag:
         try:
-            return int(round(float(tag))) % 360
+            return round(float(tag)) % 360
         except ValueError:
             return 0
     return 0
 
 
-def _first_frame(container: av.container.InputContainer, stream: av.stream.Stream, path: Path) -> av.VideoFrame:
+def _first_frame(
+    container: av.container.InputContainer, stream: av.stream.Stream, path: Path
+) -> av.VideoFrame:
     try:
         for packet in container.demux(stream):
             for frame in packet.decode():
@@ -152,7 +154,7 @@ def _timing_from_timestamps(ts: np.ndarray, last_duration: int, time_base: Fract
         slack = max(typical * _VFR_TOLERANCE, 1.0)
         is_vfr = bool(np.any(np.abs(steps - typical) > slack))
         if last_duration <= 0:
-            last_duration = int(round(typical))
+            last_duration = round(typical)
     span = int(ts[-1] - ts[0]) + max(last_duration, 0)
     return _Timing(int(ts.size), span * Fraction(time_base), is_vfr)
 
@@ -165,8 +167,11 @@ def _scan_timing(path: Path, stream_index: int) -> _Timing:
         time_base = stream.time_base or Fraction(1, 1)
         stamps: list[int] = []
         last_duration = 0
+        packets = 0
         try:
             for packet in container.demux(stream):
+                if packet.size:
+                    packets += 1
                 ts = packet.pts if packet.pts is not None else packet.dts
                 if ts is None:
                     continue
@@ -175,6 +180,8 @@ def _scan_timing(path: Path, stream_index: int) -> _Timing:
                     last_duration = packet.duration
         except av.FFmpegError as exc:
             raise corrupt_partway(path, "reading video packets", exc) from exc
+        if not stamps:  # raw elementary streams (.h264) carry no timestamps: count packets instead
+            return _Timing(packets, None, False)
         # The packet that ends last carries the last duration; good enough for the span estimate.
         return _timing_from_timestamps(np.asarray(stamps, dtype=np.int64), last_duration, time_base)
     finally:
@@ -195,6 +202,7 @@ def _index_timing(stream: av.stream.Stream) -> _Timing | None:
 
 
 def _average_fps(stream: av.stream.Stream, timing: _Timing, span: Fraction | None) -> Fraction:
+    """The rate frames are decoded at: the stream's average, exact where the header allows."""
     avg = stream.average_rate
     base = stream.base_rate
     measured = Fraction(timing.count) / span if timing.count and span else None
@@ -296,10 +304,14 @@ def probe(
                     span = vstream.duration * Fraction(time_base)
                 elif timing.duration:
                     span = timing.duration
+                elif container_duration:
+                    span = Fraction(container_duration).limit_denominator(1_000_000)
                 else:
-                    span = Fraction(container_duration or 0.0).limit_denominator(1_000_000)
+                    span = None
                 fps = _average_fps(vstream, timing, span)
                 source_frames = timing.count or int(vstream.frames or 0)
+                if not span:
+                    span = Fraction(source_frames) / fps
                 num_frames = max(1, math.floor(span * fps + Fraction(1, 2)))
             video_duration = float(num_frames / fps)
 

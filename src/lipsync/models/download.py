@@ -162,7 +162,11 @@ def _download_locked(
     failures: list[str] = []
     mismatch: ChecksumMismatch | None = None
     all_unreachable = True
-    for url in urls:
+    for index, url in enumerate(urls):
+        if index:
+            # Mirrors may hold re-uploads with other bytes: never splice one mirror's tail onto
+            # another's head. (A .part left by an earlier run still resumes from the primary.)
+            part.unlink(missing_ok=True)
         try:
             _fetch_with_retries(client, url, part, size, progress, options)
         except _Unreachable as exc:
@@ -195,7 +199,11 @@ def _download_locked(
         raise mismatch
     summary = "; ".join(failures)
     if mismatch is not None:
-        raise ChecksumMismatch(f"no mirror gave the expected bytes for {dest.name} ({summary})")
+        raise ChecksumMismatch(
+            f"no mirror gave the expected bytes for {dest.name} ({summary})",
+            expected=mismatch.expected,
+            actual=mismatch.actual,
+        )
     if all_unreachable:
         raise ModelNotAvailable(
             f"{dest.name} is missing and the network is unreachable ({summary}); "
@@ -271,17 +279,19 @@ def _fetch_once(
                 total = _int_or_none(response.headers.get("Content-Length"))
             else:
                 raise _Permanent(f"unexpected HTTP {status}")
-            total = total or size
+            # ``size`` (the catalog's figure) only feeds the progress display; completeness is judged
+            # against what the server declared, so a wrong catalog size can never reject a good file.
+            shown = total or size
             with open(part, mode) as handle:
                 if progress:
-                    progress(done, total)
+                    progress(done, shown)
                 # Raw chunks as they arrive (no re-buffering): whatever arrived before a stall or a
                 # dropped connection is on disk and the retry resumes after it.
                 for chunk in response.iter_raw():
                     handle.write(chunk)
                     done += len(chunk)
                     if progress:
-                        progress(done, total)
+                        progress(done, shown)
             if total is not None and done < total:
                 raise _Transient(f"connection closed after {done} of {total} bytes")
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

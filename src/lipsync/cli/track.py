@@ -1,0 +1,185 @@
+"""``lipsync track``: find the characters in a video and write a visual check (and/or the tracks as JSON)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from lipsync.config import Settings
+from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS, Character
+
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Character, ...]:
+    """``ID:NAME:IMAGE`` strings -> characters. The image part may itself contain ':' (Windows drive
+    letters); repeating an ID adds another reference image to that character. Raises click.BadParameter
+    naming the offending value."""
+    order: list[str] = []
+    names: dict[str, str] = {}
+    images: dict[str, list[Path]] = {}
+    for value in values:
+        parts = value.split(":", 2)
+        if len(parts) != 3:
+            raise click.BadParameter(
+                f"{value!r} is not ID:NAME:IMAGE (e.g. host:Jane Doe:refs/jane.jpg)", param_hint="--character"
+            )
+        cid, name, image = (p.strip() for p in parts)
+        if not _ID.match(cid):
+            raise click.BadParameter(
+                f"{value!r}: the ID must be 1-64 letters, digits, '_', '.' or '-'", param_hint="--character"
+            )
+        if not image:
+            raise click.BadParameter(f"{value!r}: the IMAGE part is empty", param_hint="--character")
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(
+                f"{value!r}: reference image {path} does not exist", param_hint="--character"
+            )
+        name = name or cid
+        if cid in names:
+            if name != names[cid] and name != cid:
+                raise click.BadParameter(
+                    f"{value!r}: character {cid!r} was already named {names[cid]!r}", param_hint="--character"
+                )
+        else:
+            order.append(cid)
+            names[cid] = name
+            images[cid] = []
+        images[cid].append(path)
+    return tuple(Character(cid, names[cid], tuple(images[cid])) for cid in order)
+
+
+class _Bar:
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled, self.bar = label, enabled, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, desc=self.label, unit="frame", leave=False)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@click.command("track")
+@click.option(
+    "--video",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Input video.",
+)
+@click.option(
+    "--character", "characters", multiple=True, metavar="ID:NAME:IMAGE",
+    help="A character by reference image; repeat for several (the same ID again adds an image). "
+    "Without any, the most prominent face is tracked as 'face'.",
+)  # fmt: skip
+@click.option("--similarity-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Match threshold on the backend's 0-1 scale (default: the backend's, 0.5).")  # fmt: skip
+@click.option("--sample-every", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Detect faces every N frames (and at shot changes); interpolate in between.")  # fmt: skip
+@click.option("--temporal-smoothing", type=click.FloatRange(0, 1), default=0.3, show_default=True)
+@click.option("--shot-threshold", type=click.FloatRange(0.01, 1), default=0.5, show_default=True,
+              help="Histogram distance above which a frame starts a new shot.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the tracks as JSON here.")  # fmt: skip
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the visual check (MP4 with the source audio) here.")  # fmt: skip
+@click.option("--backend", type=click.Choice(FACE_BACKENDS), default=None,
+              help="Face backend (default: LIPSYNC_FACE_BACKEND or insightface).")  # fmt: skip
+@click.option(
+    "--device", type=click.Choice(DEVICE_CHOICES), default=None, help="Default: LIPSYNC_DEVICE or auto."
+)
+@click.option("--progress/--no-progress", default=True, help="Show progress bars (on stderr).")
+def track(
+    video: Path,
+    characters: tuple[str, ...],
+    similarity_threshold: float | None,
+    sample_every: int,
+    temporal_smoothing: float,
+    shot_threshold: float,
+    json_path: Path | None,
+    out: Path | None,
+    backend: str | None,
+    device: str | None,
+    progress: bool,
+) -> None:
+    """Track faces in VIDEO: boxes per character in its own colour, labelled with name and similarity;
+    dashed boxes and hollow markers show interpolated frames."""
+    if out is None and json_path is None:
+        raise click.UsageError("nothing to write: give --out vis.mp4 and/or --json tracks.json")
+    chars = parse_character_specs(characters)
+
+    from lipsync.faces import (
+        TrackingOptions,
+        create_face_backend,
+        render_tracking,
+        track_characters,
+        tracks_to_json,
+    )
+    from lipsync.media import MediaLimits, iter_frames, probe
+
+    overrides: dict = {}
+    if backend is not None:
+        overrides["face_backend"] = backend
+    if device is not None:
+        overrides["device"] = device
+    settings = Settings(**overrides)
+    info = probe(
+        video,
+        MediaLimits(
+            max_width=settings.max_width,
+            max_height=settings.max_height,
+            max_duration_s=settings.max_duration_s,
+        ),
+    )
+    if not info.has_video:
+        raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
+    faces = create_face_backend(settings)
+    threshold = faces.default_threshold if similarity_threshold is None else similarity_threshold
+    options = TrackingOptions(
+        similarity_threshold=threshold,
+        temporal_smoothing=temporal_smoothing,
+        sample_every=sample_every,
+        shot_change_threshold=shot_threshold,
+    )
+    bar = _Bar("tracking", progress)
+    try:
+        tracks = track_characters(
+            iter_frames(video, info=info), faces, chars, options, num_frames=info.num_frames, progress=bar
+        )
+    finally:
+        bar.close()
+
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(tracks_to_json(tracks, info.fps, info.num_frames), indent=1) + "\n")
+    if out is not None:
+        bar = _Bar("rendering", progress)
+        try:
+            render_tracking(video, tracks, out, info=info, progress=bar)
+        finally:
+            bar.close()
+
+    if not tracks:
+        click.echo(f"no face found in {video.name} ({info.num_frames} frames)")
+    for t in tracks:
+        detected = sum(not p.interpolated for p in t.points.values())
+        click.echo(
+            f"{t.name} ({t.character_id}): in {len(t)}/{info.num_frames} frames "
+            f"({detected} detected, {len(t) - detected} interpolated)"
+        )
+    for path in (json_path, out):
+        if path is not None:
+            click.echo(f"wrote {path}")
