@@ -141,7 +141,7 @@ def write_audio(
     tone = 0.5 * np.sin(2 * np.pi * freq * t)
     data = np.stack([tone] + [tone * stereo_right_gain] * (channels - 1)).astype(np.float64)
     out = av.open(str(path), mode="w", format=container_format)
-    layout = "mono" if channels == 1 else "stereo"
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
     stream = out.add_stream(codec, rate=rate)
     stream.codec_context.layout = layout
     stream.codec_context.format = sample_format

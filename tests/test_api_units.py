@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_fixtures import AssetServer
 
+from api_fixtures import AssetServer
 from lipsync.api.fetch import Fetcher, FetchLimits, sniff
 from lipsync.api.netguard import address_problem, check_url, check_url_syntax, redact
 from lipsync.api.schemas import LipSyncIn
@@ -151,6 +151,26 @@ def test_runner_cancels_queued_and_running(tmp_path: Path) -> None:
         runner.stop()
     assert observed == ["cancelled-inside"]
     assert store.get(queued.id).started_at is None  # never ran
+
+
+def test_graceful_stop_requeues_running_job_without_using_an_attempt(tmp_path: Path) -> None:
+    started = threading.Event()
+
+    def work(job, ctx):
+        started.set()
+        while True:
+            ctx.progress("loop", 0, 1)
+            time.sleep(0.01)
+
+    store = JobStore(tmp_path / "db.sqlite3")
+    runner = JobRunner(store, work, scratch_dir=tmp_path / "tmp", workers=1)
+    runner.start()
+    job = runner.submit("lipsync", {})
+    assert started.wait(5)
+    runner.stop(timeout=5)
+    rec = store.get(job.id)
+    assert (rec.status, rec.attempts) == ("queued", 0)
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 # --- SSRF guard ---------------------------------------------------------------------------------------
@@ -299,7 +319,7 @@ def test_upload_reports_expired_url(tmp_path: Path) -> None:
             uploader.upload(out, srv.url("expired?X-Amz-Signature=secret"))
         assert exc.value.http_status == 400 and "secret" not in exc.value.message
         assert uploader.upload(out, srv.url("ok")) == 200
-        put = [r for r in srv.received if r.method == "PUT" and r.path == "/ok"][0]
+        put = next(r for r in srv.received if r.method == "PUT" and r.path == "/ok")
         assert put.headers["Content-Type"] == "video/mp4" and put.headers["Content-Length"] == "3000"
         assert "Transfer-Encoding" not in put.headers and len(put.body) == 3000
 

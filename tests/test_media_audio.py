@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 
@@ -58,6 +59,15 @@ def test_stereo_is_averaged_and_other_rates_work(tmp_path):
     assert np.abs(both[:, 1]).max() < 1e-3
 
 
+def test_surround_is_downmixed_to_stereo(tmp_path):
+    path = tmp_path / "surround.wav"
+    write_audio(path, "wav", "pcm_s16le", "s16", 48000, channels=6)
+    assert probe(path).audio_channels == 6
+    stereo = decode_audio(path, mono=False)
+    assert stereo.shape[1] == 2 and abs(stereo.shape[0] - 16000) <= 2
+    assert decode_audio(path).ndim == 1
+
+
 def test_audio_track_of_a_video(tmp_path):
     path = write_video(tmp_path / "av.mp4", frames=50, fps=25, audio_seconds=2.0, audio_rate=44100)
     audio = decode_audio(path)
@@ -105,6 +115,17 @@ def test_truncated_audio_is_corrupt(tmp_path):
     cut = tmp_path / "cut.m4a"
     cut.write_bytes(data[: len(data) // 3])  # moov is at the end: the index is gone
     with pytest.raises(CorruptMedia, match="truncated or damaged"):
+        decode_audio(cut)
+
+
+def test_audio_cut_between_packets_is_corrupt(tmp_path):
+    path = write_video(tmp_path / "av.mp4", frames=25, fps=25, audio_seconds=3.0, faststart=True)
+    with av.open(str(path)) as container:
+        entries = container.streams.audio[0].index_entries
+        cut_at = max(e.pos for e in entries[: len(entries) // 2])
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(path.read_bytes()[:cut_at])
+    with pytest.raises(CorruptMedia, match=r"ends early: its audio stops at .* declares 3\.0"):
         decode_audio(cut)
 
 

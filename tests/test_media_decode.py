@@ -161,19 +161,29 @@ def test_reader_matches_stream_in_any_order(request, clip):
 
 
 def test_reader_reads_forward_without_reseeking(cfr_clip):
-    with FrameReader(cfr_clip, block=10) as reader:
+    with FrameReader(cfr_clip, block=10, max_blocks=3) as reader:
         _ = [reader[i] for i in range(len(reader))]
         assert reader.seeks == 1
-        # Backward (pingpong) needs one seek per block, no more.
+        # Backward (pingpong) seeks once per run of max_blocks blocks, not once per frame or block.
         _ = [reader[i] for i in range(len(reader) - 1, -1, -1)]
-        assert reader.seeks <= 1 + math.ceil(len(reader) / 10)
+        assert reader.seeks <= 1 + math.ceil(len(reader) / 30) + 1
+        # Turning forward again at frame 0 continues from the cache and the open decoder.
+        before = reader.seeks
+        _ = [reader[i] for i in range(len(reader))]
+        assert reader.seeks <= before + 1
 
 
 def test_reader_memory_is_bounded(cfr_clip):
     with FrameReader(cfr_clip, block=4, max_blocks=3) as reader:
-        for i in range(len(reader)):
+        for i in [*range(len(reader)), *range(len(reader) - 1, -1, -1)]:
             reader.get(i)
-        assert sum(len(b) for b in reader._cache.values()) <= 12
+            assert sum(len(b) for b in reader._cache.values()) <= 12
+    # A byte budget shrinks the blocks for large frames: here 5 frames of 64x48 per block.
+    with FrameReader(cfr_clip, block=32, max_blocks=2, max_bytes=2 * 5 * 64 * 48 * 3) as reader:
+        assert reader.block == 5
+        reader.get(len(reader) - 1)
+        reader.get(0)
+        assert sum(len(b) for b in reader._cache.values()) <= 10
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -135,7 +135,6 @@ def test_brightness_shift_changes_only_the_mask_and_poisson_hides_the_edge(tmp_p
         diff = np.abs(o.astype(np.int16) - r.astype(np.int16))[outside]
         assert diff.max() <= 2, f"frame {i}: change outside the mask"
         # Gradient across the mask boundary: Poisson output vs a hard paste of the shifted face.
-        x1, y1, x2, y2 = (int(v) for v in boxes[0].as_list())
         support = face_support(o.shape, boxes)
         hard = src[result.plan[i].src].copy()
         shifted = np.clip(hard.astype(np.int16) + delta, 0, 255).astype(np.uint8)

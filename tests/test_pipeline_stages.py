@@ -11,7 +11,6 @@ from lipsync.stages.enhance import (
     ALIGN_SIZE,
     FFHQ_TEMPLATE_512,
     FaceEnhancer,
-    GFPGANRestorer,
     align_face,
     paste_face,
     similarity_transform,
@@ -190,17 +189,6 @@ def test_face_enhancer_only_touches_given_faces():
     assert FaceEnhancer(Brighten())(frames, [(0, lm), (2, lm)]) == 2
     assert calls == [(2, 512, 512, 3)]
     assert frames[0].max() > 80 and frames[2].max() > 80 and (frames[1] == 80).all()
-
-
-@pytest.mark.slow
-def test_gfpgan_restorer_random_weights_shapes_and_range():
-    from lipsync.nets import gfpgan_v14
-
-    torch.manual_seed(0)
-    restorer = GFPGANRestorer(gfpgan_v14(), "cpu")
-    faces = np.random.default_rng(0).integers(0, 256, (1, ALIGN_SIZE, ALIGN_SIZE, 3), dtype=np.uint8)
-    out = restorer(faces)
-    assert out.shape == faces.shape and out.dtype == np.uint8
 
 
 # --- plan frames ----------------------------------------------------------------------------------------

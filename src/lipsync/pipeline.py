@@ -103,6 +103,7 @@ class CharacterStats:
 class PipelineStats:
     frames: int = 0
     source_frames: int = 0
+    tracked_frames: int = 0  # source frames the tracker read (those the plan uses)
     fps: float = 0.0
     duration_s: float = 0.0
     loop_mode: str = ""
@@ -121,8 +122,11 @@ class PipelineStats:
         out = asdict(self)
         out["characters"] = [asdict(c) for c in self.characters.values()]
         out["stage_seconds"] = {k: round(v, 4) for k, v in self.stage_seconds.items()}
+        # Frames per second of each stage; tracking is per source frame read, every other stage per output frame.
         out["stage_fps"] = {
-            k: round(self.frames / v, 2) for k, v in self.stage_seconds.items() if v > 0 and self.frames
+            k: round((self.tracked_frames if k == "track" else self.frames) / v, 2)
+            for k, v in self.stage_seconds.items()
+            if v > 0 and self.frames
         }
         return out
 
@@ -471,6 +475,7 @@ class LipSyncPipeline:
             mode,
         )
         stats.duration_s = num_out / float(fps)
+        stats.tracked_frames = needed
         log.info(
             "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
             video.name, source_frames, fps, len(wav) / AUDIO_RATE, num_out, mode,

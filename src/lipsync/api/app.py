@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from lipsync import __version__
 from lipsync.api.auth import make_auth_dependency
-from lipsync.api.errors import install_error_handlers
+from lipsync.api.errors import error_response, install_error_handlers
 from lipsync.api.fetch import Fetcher, FetchLimits
 from lipsync.api.netguard import check_url
 from lipsync.api.routes import Waiters, build_routers, job_view
@@ -30,6 +30,8 @@ from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024
 
 DESCRIPTION = """Lip-sync faces in a video to a new audio track (Wav2Lip + face tracking + optional GFPGAN).
 
@@ -126,6 +128,15 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        # Request bodies are small JSON documents; refuse big ones before reading them.
+        length = request.headers.get("content-length")
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
     public, private = build_routers(auth)
     app.include_router(public)
     app.include_router(private)

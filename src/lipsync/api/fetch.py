@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -143,14 +144,17 @@ class Fetcher:
     def check(self, url: str, field: str) -> None:
         check_url(url, allow_private=self.allow_private, field=field)
 
-    def download(self, url: str, dest_stem: Path, *, kind: InputKind, field: str) -> Path:
+    def download(self, url: str, dest_stem: Path, *, kind: InputKind, field: str,
+                 check_stop: Callable[[], None] | None = None) -> Path:
         """Download ``url`` to ``dest_stem`` + the sniffed extension. Raises a LipSyncError naming
-        ``field`` on every failure; nothing partial is left behind."""
+        ``field`` on every failure; nothing partial is left behind. ``check_stop`` is called between
+        chunks and may raise (job cancellation) to abandon the transfer."""
         deadline = time.monotonic() + self.limits.total_timeout_s
         last = ""
         for attempt in range(1, self.limits.attempts + 1):
             try:
-                return self._attempt(url, dest_stem, kind=kind, field=field, deadline=deadline)
+                return self._attempt(url, dest_stem, kind=kind, field=field, deadline=deadline,
+                                     check_stop=check_stop)
             except _Retry as retry:
                 last = retry.reason
                 log.info("download of %s attempt %d: %s", redact(url), attempt, retry.reason)
@@ -161,7 +165,8 @@ class Fetcher:
                     time.sleep(pause)
         raise FetchError(f"{field}: download failed after {self.limits.attempts} attempts: {last}", field=field)
 
-    def _attempt(self, url: str, dest_stem: Path, *, kind: InputKind, field: str, deadline: float) -> Path:
+    def _attempt(self, url: str, dest_stem: Path, *, kind: InputKind, field: str, deadline: float,
+                 check_stop: Callable[[], None] | None) -> Path:
         current = url
         with self.client() as client:
             for _hop in range(self.limits.max_redirects + 1):
@@ -171,7 +176,8 @@ class Fetcher:
                         if resp.status_code in REDIRECTS and "location" in resp.headers:
                             current = str(resp.url.join(resp.headers["location"]))
                             continue
-                        return self._save(resp, dest_stem, kind=kind, field=field, deadline=deadline)
+                        return self._save(resp, dest_stem, kind=kind, field=field, deadline=deadline,
+                                          check_stop=check_stop)
                 except LipSyncError:
                     raise
                 except _Retry:
@@ -192,7 +198,7 @@ class Fetcher:
         raise FetchError(f"{field}: more than {self.limits.max_redirects} redirects", field=field)
 
     def _save(self, resp: httpx.Response, dest_stem: Path, *, kind: InputKind, field: str,
-              deadline: float) -> Path:
+              deadline: float, check_stop: Callable[[], None] | None = None) -> Path:
         where = redact(str(resp.url))
         status = resp.status_code
         if status >= 500:
@@ -215,6 +221,8 @@ class Fetcher:
         size = 0
         try:
             for chunk in resp.iter_bytes(64 * 1024):
+                if check_stop is not None:
+                    check_stop()
                 size += len(chunk)
                 if size > limit:
                     raise DownloadTooLarge(f"{field}: {where} is over the {_human(limit)} limit", field=field)

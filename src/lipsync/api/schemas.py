@@ -127,7 +127,7 @@ class LipSyncIn(_Strict):
     crossfade_frames: int = Field(10, ge=0, le=250, description="Frames to blend at a loop boundary.")
     temporal_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Box smoothing factor (0-1).")
     pads: list[int] = Field(
-        default_factory=lambda: list(DEFAULT_PADS), min_length=4, max_length=4,
+        list(DEFAULT_PADS), min_length=4, max_length=4,
         description="Face box padding in pixels: top, bottom, left, right (each 0-512).",
     )
     wav2lip_batch_size: int | None = Field(

@@ -72,7 +72,9 @@ class JobWork:
         ctx.progress("download", 0, len(wanted))
         for n, (field, url, kind, stem) in enumerate(wanted, 1):
             ctx.check_cancelled()
-            paths[field] = self.fetcher.download(url, ctx.workdir / stem, kind=kind, field=field)
+            paths[field] = self.fetcher.download(url, ctx.workdir / stem, kind=kind, field=field,
+                                                 check_stop=ctx.check_cancelled)
+            self._probe(paths[field], field)
             ctx.progress("download", n, len(wanted))
         characters = tuple(
             Character(id=ch["id"], name=ch.get("name") or ch["id"],
@@ -80,6 +82,19 @@ class JobWork:
             for i, ch in enumerate(p.get("characters") or [])
         )
         return paths["video_url"], paths.get("audio_url"), characters
+
+    def _probe(self, path: Path, field: str) -> None:
+        """Open each input with the real media code right after its download: a truncated or unreadable
+        file, or one over the resolution/duration limits, fails now, naming the field, before any model
+        runs."""
+        from lipsync.media import MediaLimits, probe
+
+        s = self.settings
+        try:
+            probe(path, MediaLimits(max_width=s.max_width, max_height=s.max_height, max_duration_s=s.max_duration_s))
+        except LipSyncError as exc:
+            exc.field = field
+            raise
 
     def _deliver(self, job: JobRecord, out: Path, ctx: JobContext) -> dict[str, Any]:
         upload_url = job.params.get("upload_url")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -70,22 +69,29 @@ class _Bars:
             self.bar = None
 
 
-def _download_progress(name: str, enabled: bool) -> Callable[[int, int | None], None] | None:
-    if not enabled:
-        return None
-    from tqdm import tqdm
+class _DownloadBar:
+    """A byte progress bar for one model download, opened on the first byte (nothing shows for files
+    already present or when the download is refused)."""
 
-    bar = tqdm(desc=f"downloading {name}", unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+    def __init__(self, name: str, enabled: bool) -> None:
+        self.name, self.enabled, self.bar = name, enabled, None
 
-    def update(done: int, total: int | None) -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
-        if total is not None and done >= total:
-            bar.close()
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
 
-    return update
+            self.bar = tqdm(desc=f"downloading {self.name}", unit="B", unit_scale=True, unit_divisor=1024)
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @click.command("run")
@@ -160,7 +166,11 @@ def run(
     check_request(request)
     pipeline = LipSyncPipeline(settings)
     for name in pipeline.required_models(enhance):
-        pipeline.store.ensure(name, progress=_download_progress(name, progress))
+        bar = _DownloadBar(name, progress)
+        try:
+            pipeline.store.ensure(name, progress=bar)
+        finally:
+            bar.close()
 
     bars = _Bars(progress)
     try:

@@ -297,6 +297,8 @@ class _Tracker:
             if strength > 0 and len(run) >= 3:
                 boxes = smooth_segment(boxes, strength)
                 lms = smooth_segment(lms, strength)
+            # One landmark block per run, one view per point: a tracked frame costs ~0.5 KB, not ~1 KB.
+            lms32 = lms.reshape(len(run), 5, 2).astype(np.float32)
             for j, f in enumerate(run):
                 x1, y1, x2, y2 = (float(v) for v in boxes[j])
                 box = Box(
@@ -305,7 +307,7 @@ class _Tracker:
                 track.points[f] = TrackPoint(
                     frame=f,
                     box=box,
-                    landmarks=lms[j].reshape(5, 2).astype(np.float32),
+                    landmarks=lms32[j],
                     similarity=float(raw[f].similarity),
                     interpolated=f in interpolated,
                 )

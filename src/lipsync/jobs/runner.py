@@ -47,9 +47,13 @@ class JobContext:
     workdir: Path
     progress: ProgressFn
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    stop_check: Callable[[], None] | None = None
 
     def check_cancelled(self) -> None:
-        if self.cancel_event.is_set():
+        """Raise when the job should stop (cancelled, or the server is stopping)."""
+        if self.stop_check is not None:
+            self.stop_check()
+        elif self.cancel_event.is_set():
             raise JobCancelled("the job was cancelled")
 
 
@@ -163,14 +167,20 @@ class JobRunner:
                 continue
             self._run(record)
 
-    def _make_progress(self, record: JobRecord, event: threading.Event) -> ProgressFn:
-        last = {"stage": None, "t": 0.0}
-
-        def progress(stage: str, done: int, total: int) -> None:
+    def _make_stop_check(self, record: JobRecord, event: threading.Event) -> Callable[[], None]:
+        def stop_check() -> None:
             if event.is_set():
                 if record.id in self._shutdown_requested:
                     raise _Shutdown("the server is stopping")
                 raise JobCancelled("the job was cancelled")
+
+        return stop_check
+
+    def _make_progress(self, record: JobRecord, stop_check: Callable[[], None]) -> ProgressFn:
+        last = {"stage": None, "t": 0.0}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            stop_check()
             now = time.monotonic()
             # Throttled: the pipeline may report every frame, the database needs a few writes a second.
             if stage != last["stage"] or done >= total or now - last["t"] >= self.progress_interval_s:
@@ -185,8 +195,9 @@ class JobRunner:
             self._running[record.id] = event
         workdir = self.scratch_dir / record.id
         workdir.mkdir(parents=True, exist_ok=True)
-        ctx = JobContext(job=record, workdir=workdir, progress=self._make_progress(record, event),
-                         cancel_event=event)
+        stop_check = self._make_stop_check(record, event)
+        ctx = JobContext(job=record, workdir=workdir, progress=self._make_progress(record, stop_check),
+                         cancel_event=event, stop_check=stop_check)
         started = time.monotonic()
         final: JobRecord | None = None
         try:

@@ -1,6 +1,15 @@
 """Media I/O with PyAV: probe, constant-frame-rate video decode, random access, audio decode, MP4 encode.
 
 No shell commands are built: PyAV's wheels carry FFmpeg (libx264, aac, libswresample) in-process.
+
+Conventions:
+* frames are HxWx3 uint8 BGR in display orientation (rotation already applied);
+* ``MediaInfo.rotation`` is the clockwise turn applied for display (the legacy ``rotate`` tag's sense;
+  a phone's portrait clip is 90);
+* video is decoded at a constant rate, ``MediaInfo.fps`` (the stream's average); frame *i* is the
+  source frame showing at i/fps after the first frame, so VFR input is duplicated/dropped by timestamp;
+* ``VideoWriter`` pads odd sizes by one replicated row/column (yuv420p needs even sizes) and tags the
+  stream BT.709; its AAC track is cut or silence-padded to exactly frames / fps.
 """
 
 from lipsync.errors import (

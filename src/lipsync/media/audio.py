@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from lipsync.errors import EmptyAudio, MediaTooLarge, NoAudioStream
+from lipsync.errors import CorruptMedia, EmptyAudio, MediaTooLarge, NoAudioStream
 from lipsync.media._open import AUDIO_HINT, corrupt_partway, display_name, open_input
 from lipsync.media.info import MediaLimits, pick_audio_stream
 
@@ -23,7 +23,8 @@ def decode_audio(
     """Decode the first audio stream of ``path`` (an audio file or a video's sound track).
 
     Returns float32 samples at ``sample_rate``: shape (n,) when ``mono`` (the channel mean, like
-    librosa's mono=True, so a centred voice keeps its level), else (n, channels).
+    librosa's mono=True, so a centred voice keeps its level), else (n, channels) with channels 1 or 2
+    (surround is downmixed to stereo).
     Raises MediaNotFound, NotAMediaFile, NoAudioStream, EmptyAudio, CorruptMedia, MediaTooLarge.
     """
     if sample_rate <= 0:
@@ -49,6 +50,10 @@ def decode_audio(
         layout = stream.codec_context.layout
         if layout is None or layout.nb_channels == 0:
             layout = "mono"
+        elif layout.nb_channels > 2:
+            # Surround: let swresample fold it to stereo with the layout's proper downmix matrix
+            # (centre and surrounds at -3 dB, LFE dropped) rather than averaging six channels.
+            layout = "stereo"
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
         chunks: list[np.ndarray] = []
 
@@ -58,6 +63,11 @@ def decode_audio(
                     chunks.append(out.to_ndarray())  # (channels, samples) float32, planar
 
         time_base = stream.time_base
+        # MP4/MOV know every packet from the index, so their declared length is a promise: a track
+        # that stops well short of it was cut off (a download ending exactly between packets).
+        declared = None
+        if "mp4" in container.format.name and stream.duration and time_base:
+            declared = float(stream.duration * time_base)
         end_ticks: int | None = None  # where the last packet ends: the real end of the track
         first_time: float | None = None
         try:
@@ -75,6 +85,13 @@ def decode_audio(
     finally:
         container.close()
 
+    decoded_s = sum(c.shape[1] for c in chunks) / sample_rate
+    if declared is not None and decoded_s > 0 and decoded_s < declared - 0.25 - declared / 1000:
+        raise CorruptMedia(
+            f"{display_name(p)} ends early: its audio stops at {decoded_s:.2f} s but the file declares "
+            f"{declared:.2f} s. It is probably truncated; re-export or re-download it.",
+            field="audio",
+        )
     if not chunks or sum(c.shape[1] for c in chunks) == 0:
         raise EmptyAudio(
             f"{display_name(p)} has an audio stream but no samples (zero length). "
