@@ -216,6 +216,8 @@ def test_check_url_resolves_names() -> None:
         check_url("http://localhost:8000/x.mp4", allow_private=False, field="video_url")
     with pytest.raises(UnsafeURL, match="metadata"):
         check_url("http://metadata.google.internal/computeMetadata/v1/", allow_private=True, field="video_url")
+    with pytest.raises(UnsafeURL, match="loopback"):  # 127.0.0.1 spelled as one decimal number
+        check_url("http://2130706433/x.mp4", allow_private=False, field="video_url")
     check_url("http://localhost:8000/x.mp4", allow_private=True, field="video_url")
 
 

@@ -184,3 +184,31 @@ def test_insightface_backend_path_on_a_synthetic_clip():
             assert point is None, f"box at frame {i}"
         else:
             assert point is not None and point.box.iou(moved(off, *path[i])) >= 0.8, i
+
+
+def test_cut_between_two_real_clips(tmp_path, backend):
+    """Two real talking-head clips spliced at frame 20: each person's track stays in its own shot, and
+    nothing is interpolated across the cut."""
+    pytest.importorskip("lipsync.media")
+    import itertools
+
+    from lipsync.media import iter_frames
+
+    first = list(itertools.islice(iter_frames(shared_file("talking_chaplin_850x480_30fps.mp4")), 20))
+    h, w = first[0].shape[:2]
+    second = []
+    for frame in itertools.islice(iter_frames(shared_file("talking_vfr_700x700_avg22fps.mp4")), 20):
+        canvas = np.zeros((h, w, 3), np.uint8)
+        canvas[:, (w - h) // 2 : (w - h) // 2 + h] = cv2.resize(frame, (h, h), interpolation=cv2.INTER_AREA)
+        second.append(canvas)
+    refs = []
+    for cid, frame in (("chaplin", first[0]), ("speaker", second[-1])):
+        path = tmp_path / f"{cid}.png"
+        cv2.imwrite(str(path), frame)
+        refs.append(reference_embedding(backend, Character(cid, cid.title(), (path,))))
+    chaplin, speaker = track_characters(
+        iter(first + second), backend, references=refs, options=TrackingOptions(sample_every=6)
+    )
+    assert sorted(chaplin.points) == list(range(20))
+    assert sorted(speaker.points) == list(range(20, 40))
+    assert not chaplin.get(19).interpolated and not speaker.get(20).interpolated

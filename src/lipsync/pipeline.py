@@ -126,7 +126,7 @@ class PipelineStats:
         out["stage_fps"] = {
             k: round((self.tracked_frames if k == "track" else self.frames) / v, 2)
             for k, v in self.stage_seconds.items()
-            if v > 0 and self.frames
+            if v > 0 and self.frames and k != "load_models"
         }
         return out
 
@@ -482,7 +482,8 @@ class LipSyncPipeline:
         )  # fmt: skip
 
         # 3. Track the characters over the source frames the plan uses.
-        backend = self.get_face_backend()
+        with timer("load_models"):  # zero after the first request: models stay loaded on the pipeline
+            backend = self.get_face_backend()
         threshold = (
             backend.default_threshold
             if request.similarity_threshold is None
@@ -501,8 +502,9 @@ class LipSyncPipeline:
             stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
 
         # 4 + 5. Generate, composite, enhance and encode, one bounded batch of output frames at a time.
-        generator = self.get_generator()
-        enhancer = self.get_enhancer() if request.enhance else None
+        with timer("load_models"):
+            generator = self.get_generator()
+            enhancer = self.get_enhancer() if request.enhance else None
         batch = int(request.batch_size or self.settings.batch_size or generator.batch_size)
         stats.batch_size = batch
         stats.device = str(getattr(generator, "device", "custom"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from filelock import FileLock, Timeout
 
 from lipsync import __version__
 from lipsync.api.auth import make_auth_dependency
@@ -97,6 +98,16 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # One server per work dir: startup wipes leftover scratch and requeues 'running' jobs, which
+        # would break a second live server sharing the folder. The OS drops the lock if we crash.
+        work_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(work_dir / "server.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RuntimeError(
+                f"another lipsync server is using {work_dir}; give each server its own LIPSYNC_WORK_DIR"
+            ) from None
         store = JobStore(db_path)
         runner = JobRunner(store, work, scratch_dir=work_dir / "tmp",
                            workers=_worker_count(settings, device_info), queue_size=settings.queue_size)
@@ -120,6 +131,7 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
             runner.stop()
             webhooks.join()
             store.close()
+            lock.release()
 
     app = FastAPI(
         title="lipsync",

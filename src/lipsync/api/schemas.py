@@ -164,10 +164,21 @@ class ErrorBody(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": {"code": "unsafe_url", "field": "video_url",
+                   "message": "video_url: 169.254.169.254 resolves to 169.254.169.254, a cloud metadata address; refused"}},
+    ]})
+
     error: ErrorBody
 
 
 class HealthOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "healthy", "insightface_loaded": True, "wav2lip_loaded": True, "gfpgan_loaded": True,
+        "gpu_available": True, "gpu_name": "NVIDIA RTX 4090", "gpu_memory_gb": 24.0, "queue_depth": 0,
+        "running_jobs": 1, "models": "ready", "models_error": None,
+    }]})
+
     status: Literal["healthy", "loading", "unhealthy"]
     insightface_loaded: bool
     wav2lip_loaded: bool
@@ -182,6 +193,11 @@ class HealthOut(BaseModel):
 
 
 class InfoOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "lipsync", "version": "0.1.0",
+        "endpoints": {"GET /health": "model loading status, GPU and queue", "POST /lipsync": "lip-sync"},
+    }]})
+
     name: str
     version: str
     endpoints: dict[str, str]
@@ -242,6 +258,14 @@ class LipSyncOut(BaseModel):
 
 
 class FaceTrackingOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "job_id": "3f2c9a0e5b9d4c7e8a1b2c3d4e5f6a7b", "status": "succeeded", "output_url": None,
+        "download_url": "/jobs/3f2c9a0e5b9d4c7e8a1b2c3d4e5f6a7b/result", "duration": 4.0,
+        "tracks": {"fps": 25.0, "num_frames": 100, "characters": [{"id": "speaker", "name": "Main Speaker",
+                   "frames": [{"frame": 0, "box": [120.0, 80.0, 220.0, 190.0], "similarity": 0.71,
+                               "interpolated": False}]}]},
+    }]})
+
     job_id: str
     status: str
     output_url: str | None = None

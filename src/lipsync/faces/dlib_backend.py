@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 from pathlib import Path
 
 import cv2
@@ -107,6 +108,9 @@ class DlibBackend:
         # dlib's recogniser was trained on chips aligned from landmarks that started at the HOG box;
         # that box is not kept in Face, so the descriptor is computed here while it is at hand.
         self.embed_in_detect = bool(embed_in_detect)
+        # dlib's models are not documented as safe for concurrent calls, and one backend serves every
+        # worker thread of the service: serialise calls into dlib.
+        self._lock = threading.RLock()
 
     def _shape_for(self, rgb: np.ndarray, box: Box, *, from_landmark_box: bool = False):
         if from_landmark_box:  # undo the forehead margin so the predictor starts from a detector-like box
@@ -129,6 +133,10 @@ class DlibBackend:
         )
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        with self._lock:
+            return self._detect(frame_bgr)
+
+    def _detect(self, frame_bgr: np.ndarray) -> list[Face]:
         h, w = frame_bgr.shape[:2]
         scale = min(1.0, self.detect_max_side / max(h, w)) if self.detect_max_side > 0 else 1.0
         small = (
@@ -185,10 +193,12 @@ class DlibBackend:
         missing = [i for i, v in enumerate(out) if v is None]
         if missing:
             rgb = np.ascontiguousarray(frame_bgr[:, :, ::-1])
-            shapes = self._dlib.full_object_detections()
-            for i in missing:
-                shapes.append(self._shape_for(rgb, faces[i].box, from_landmark_box=True))
-            for i, vec in zip(missing, self._descriptors(rgb, shapes), strict=True):
+            with self._lock:
+                shapes = self._dlib.full_object_detections()
+                for i in missing:
+                    shapes.append(self._shape_for(rgb, faces[i].box, from_landmark_box=True))
+                vectors = self._descriptors(rgb, shapes)
+            for i, vec in zip(missing, vectors, strict=True):
                 out[i] = vec
         return [np.asarray(v, dtype=np.float32) for v in out]
 
