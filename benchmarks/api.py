@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -92,13 +93,17 @@ def main() -> None:
             }
             env = {
                 "LIPSYNC_ALLOW_PRIVATE_URLS": "true",
-                "LIPSYNC_QUEUE_SIZE": str(args.clients * per_client + 10),
+                "LIPSYNC_QUEUE_SIZE": str(args.clients * per_client + 200),
                 "LIPSYNC_WORKERS": "2",
                 "LIPSYNC_TEST_FAKE_SECONDS": "0.01",
                 "LOG_LEVEL": "WARNING",
             }
             with ApiServer(env=env, work_dir=tmpdir / "work", api_key=API_KEY) as server:
+                baseline_n = 20 if args.quick else 100
                 rows = [
+                    # one client first: the service's own cost, without queueing for the CPU
+                    asyncio.run(_run(server.url, 1, baseline_n, "GET", "/health", None, 200)),
+                    asyncio.run(_run(server.url, 1, baseline_n, "POST", "/jobs", body, 202)),
                     asyncio.run(_run(server.url, args.clients, per_client, "GET", "/health", None, 200)),
                     asyncio.run(_run(server.url, args.clients, per_client, "POST", "/jobs", body, 202)),
                 ]
@@ -109,14 +114,16 @@ def main() -> None:
                         time.sleep(0.2)
                 drained = time.perf_counter() - drain_start
 
-    print(f"\nAPI latency, {args.clients} concurrent clients x {per_client} requests (fake engine, loopback)")
-    header = f"{'endpoint':<14} {'reqs':>5} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>7}"
+    load = os.getloadavg()[0]
+    print(f"\nAPI latency, 1 and {args.clients} concurrent clients (fake engine, loopback, "
+          f"{os.cpu_count()} CPUs, load average {load:.1f})")
+    header = f"{'endpoint':<14} {'clients':>7} {'reqs':>5} {'err':>4} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['endpoint']:<14} {r['requests']:>5} {r['errors']:>4} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+        print(f"{r['endpoint']:<14} {r['clients']:>7} {r['requests']:>5} {r['errors']:>4} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
               f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['throughput_rps']:>7.1f}")
-    print(f"(the {rows[1]['requests']} submitted jobs drained in {drained:.1f} s with 2 workers)")
+    print(f"(the {rows[1]['requests'] + rows[3]['requests']} submitted jobs drained in {drained:.1f} s with 2 workers)")
 
     out = ROOT / "benchmarks" / "results" / "api.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +132,8 @@ def main() -> None:
         "quick": args.quick,
         "clients": args.clients,
         "requests_per_client": per_client,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "load_average_1m": round(load, 2)},
         "results": rows,
         "jobs_drain_seconds": round(drained, 2),
     }, indent=2))

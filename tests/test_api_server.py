@@ -261,6 +261,9 @@ def test_async_flow_with_signed_webhook(open_server: ApiServer, assets: AssetSer
     out.write_bytes(result.content)
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) > 0
+    with open_server.client() as c:  # DELETE on an ended job frees its stored result
+        assert c.delete(f"/jobs/{job_id}").json()["status"] == "succeeded"
+        _assert_error(c.get(f"/jobs/{job_id}/result"), 404, "result_not_stored")
     deadline = time.monotonic() + 5
     while not assets.posts("hook/async") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -382,7 +385,7 @@ def test_restart_runs_queued_jobs_and_retries_interrupted(slow_server: ApiServer
 
 def test_503_while_loading_and_after_failed_load(tmp_path: Path, assets: AssetServer) -> None:
     env = _env(tmp_path / "systmp", LIPSYNC_ALLOW_PRIVATE_URLS="true", PRELOAD_MODELS="true",
-               LIPSYNC_TEST_FAKE_LOAD_SECONDS="1.5", LIPSYNC_TEST_FAKE_LOAD_FAIL="1")
+               LIPSYNC_TEST_FAKE_LOAD_SECONDS="3", LIPSYNC_TEST_FAKE_LOAD_FAIL="1")
     with ApiServer(env=env, work_dir=tmp_path / "work", api_key=API_KEY) as srv, srv.client() as c:
         assert c.get("/health").json()["status"] == "loading"
         _assert_error(c.post("/lipsync", json=_body(assets)), 503, "not_ready")
@@ -393,3 +396,12 @@ def test_503_while_loading_and_after_failed_load(tmp_path: Path, assets: AssetSe
         assert health["status"] == "unhealthy" and "missing" in health["models_error"]
         err = _assert_error(c.post("/jobs", json=_body(assets)), 503, "model_not_available")
         assert "wav2lip_gan.pth" in err["message"]
+
+
+def test_second_server_on_same_work_dir_refuses_to_start(open_server: ApiServer) -> None:
+    twin = ApiServer(env=open_server.env, work_dir=open_server.work_dir, api_key=API_KEY)
+    with pytest.raises(RuntimeError, match="exited early") as exc:
+        twin.start(ready_timeout=30)
+    assert "another lipsync server is using" in str(exc.value)
+    with open_server.client() as c:  # the first one is unaffected
+        assert c.get("/health").status_code == 200

@@ -318,3 +318,24 @@ def test_json_schema_roundtrip_and_pads():
     padded = pad_track(t, (0, 20, 5, 5), 60, 80)
     assert padded.get(3).box.as_list() == [5.0, 20.0, 55.0, 80.0]  # bottom clipped to the frame
     assert t.get(3).box.y2 == pytest.approx(70.456)  # the original is untouched
+
+
+def test_long_sample_interval_keeps_a_bounded_buffer():
+    alive: list[weakref.ref] = []
+    peak = 0
+
+    def frames():
+        nonlocal peak
+        for i in range(200):
+            f = frame_with({"red": (5 + i // 2, 30, 20)} if 50 <= i < 150 else {})
+            alive.append(weakref.ref(f))
+            yield f
+            del f
+            peak = max(peak, sum(r() is not None for r in alive))
+
+    opts = TrackingOptions(sample_every=100, max_buffered_frames=10)
+    (track,) = track_characters(frames(), SquareBackend(), references=[ref("red")], options=opts)
+    assert peak <= 10 + 2
+    present = sorted(track.points)
+    # Boundaries found to within the buffer stride (10 frames), never outside the true presence.
+    assert 50 <= present[0] <= 60 and 140 <= present[-1] <= 149

@@ -53,8 +53,12 @@ def media(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pipeline_media")
     out = {
         "one_face": write_synthetic_video(d / "one_face.mp4", [RED], width=W, height=H, fps=FPS, seconds=2.0),
-        "two_faces": write_synthetic_video(d / "two_faces.mp4", [RED, BLUE], width=W, height=H, fps=FPS, seconds=2.0),
-        "three_s": write_synthetic_video(d / "three_s.mp4", [RED], width=160, height=120, fps=FPS, seconds=3.0),
+        "two_faces": write_synthetic_video(
+            d / "two_faces.mp4", [RED, BLUE], width=W, height=H, fps=FPS, seconds=2.0
+        ),
+        "three_s": write_synthetic_video(
+            d / "three_s.mp4", [RED], width=160, height=120, fps=FPS, seconds=3.0
+        ),
         "audio_2s": write_speechlike_wav(d / "a2.wav", 2.0),
         "audio_3s": write_speechlike_wav(d / "a3.wav", 3.2),
         "red_ref": write_reference_image(d / "red.png", "red"),
@@ -102,7 +106,11 @@ def boxes_for(result, index: int, width: int, height: int) -> list[Box]:
 def test_identity_generator_reproduces_the_input(tmp_path, media):
     # 2 s of video under 3.2 s of audio: the crossfade loop, blends included, goes through the whole path.
     result, events = run(
-        tmp_path, media["one_face"], media["audio_3s"], IdentityGenerator(), [character("red", media["red_ref"])]
+        tmp_path,
+        media["one_face"],
+        media["audio_3s"],
+        IdentityGenerator(),
+        [character("red", media["red_ref"])],
     )
     out = decoded(result.output)
     ref = reencode_reference(media["one_face"], result.plan, tmp_path / "ref.mp4")
@@ -115,7 +123,9 @@ def test_identity_generator_reproduces_the_input(tmp_path, media):
     assert {"track", "generate", "composite", "encode"} <= set(stats.stage_seconds)
     assert stats.realtime_factor > 0
     # Progress: every stage reported, lip-sync frames counted up to the total.
-    assert ("lipsync", 80, 80) in events and any(e[0] == "track" for e in events) and events[-1][0] == "encode"
+    assert (
+        ("lipsync", 80, 80) in events and any(e[0] == "track" for e in events) and events[-1][0] == "encode"
+    )
 
 
 def test_brightness_shift_changes_only_the_mask_and_poisson_hides_the_edge(tmp_path, media):
@@ -159,7 +169,9 @@ def _grad(img: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["none", "repeat", "pingpong", "crossfade"])
 def test_loop_modes_av_lengths(tmp_path, media, mode):
     # 3 s of video, 8 s of speech.
-    result, _ = run(tmp_path, media["three_s"], media["speech_8s"], IdentityGenerator(batch_size=16), loop_mode=mode)
+    result, _ = run(
+        tmp_path, media["three_s"], media["speech_8s"], IdentityGenerator(batch_size=16), loop_mode=mode
+    )
     frames, video_s, audio_s = stream_durations(result.output)
     expected = plan_loop(75, 200, mode, 10)
     assert frames == len(expected) == len(result.plan) == result.stats.frames
@@ -180,7 +192,13 @@ def _changed(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def test_two_characters_each_face_changes_only_in_its_own_region(tmp_path, media):
     chars = [character("red", media["red_ref"]), character("blue", media["blue_ref"])]
     result, _ = run(
-        tmp_path, media["two_faces"], media["audio_2s"], MouthMarkGenerator(), chars, loop_mode="none", crf=LOSSLESS
+        tmp_path,
+        media["two_faces"],
+        media["audio_2s"],
+        MouthMarkGenerator(),
+        chars,
+        loop_mode="none",
+        crf=LOSSLESS,
     )
     out = decoded(result.output)
     ref = reencode_reference(media["two_faces"], result.plan, tmp_path / "ref.mp4", crf=LOSSLESS)
@@ -188,7 +206,9 @@ def test_two_characters_each_face_changes_only_in_its_own_region(tmp_path, media
     assert (red_track.character_id, blue_track.character_id) == ("red", "blue")
     for i, (o, r) in enumerate(zip(out, ref, strict=True)):
         # identities: each track sits on the face of its colour
-        assert red_track.get(i).box.iou(RED.box_at(i)) > 0.7 and blue_track.get(i).box.iou(BLUE.box_at(i)) > 0.7
+        assert (
+            red_track.get(i).box.iou(RED.box_at(i)) > 0.7 and blue_track.get(i).box.iou(BLUE.box_at(i)) > 0.7
+        )
         red_box = red_track.get(i).box.padded(PADS, W, H)
         blue_box = blue_track.get(i).box.padded(PADS, W, H)
         changed = _changed(o, r)
@@ -227,7 +247,10 @@ def test_missing_face_frames_pass_through(tmp_path, media):
     )  # fmt: skip
     stats = result.stats.characters["red"]
     assert stats.frames_passed_through == len(gap) and stats.frames_synced == 50 - len(gap)
-    out, ref = decoded(result.output), reencode_reference(video, result.plan, tmp_path / "ref.mp4", crf=LOSSLESS)
+    out, ref = (
+        decoded(result.output),
+        reencode_reference(video, result.plan, tmp_path / "ref.mp4", crf=LOSSLESS),
+    )
     for i in gap:
         assert (out[i] == ref[i]).all(), f"frame {i} has no face but was changed"
     assert _changed(out[10], ref[10]).sum() > 20
@@ -236,7 +259,14 @@ def test_missing_face_frames_pass_through(tmp_path, media):
 def test_no_requested_character_raises_no_face_found(tmp_path, media):
     chars = [character("green", media["green_ref"])]
     with pytest.raises(NoFaceFound) as info:
-        run(tmp_path, media["two_faces"], media["audio_2s"], IdentityGenerator(), chars, similarity_threshold=0.6)
+        run(
+            tmp_path,
+            media["two_faces"],
+            media["audio_2s"],
+            IdentityGenerator(),
+            chars,
+            similarity_threshold=0.6,
+        )
     message = str(info.value)
     assert "'Green' (green)" in message and "similarity_threshold=0.60" in message
     assert "lowering similarity_threshold" in message
@@ -292,5 +322,55 @@ def test_audio_that_is_not_audio_names_the_audio_field(tmp_path, media):
     bogus.write_bytes(b"not audio at all" * 100)
     pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(), face_backend=ColorFaceBackend())
     with pytest.raises(InputError) as info:
-        pipe(LipSyncRequest(media["one_face"], bogus, tmp_path / "o.mp4"))
+        pipe(LipSyncRequest(media["one_face"], bogus, tmp_path / "o.mp4", enhance=False))
     assert info.value.field == "audio"
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+
+def test_generator_sees_bounded_batches(tmp_path, media):
+    generator = IdentityGenerator(batch_size=64)
+    result, _ = run(tmp_path, media["one_face"], media["audio_2s"], generator, loop_mode="none", batch_size=6)
+    assert result.stats.batch_size == 6
+    sizes = [shape[0] for shape, _ in generator.calls]
+    assert max(sizes) <= 6 and sum(sizes) == 50 and len(sizes) == 9  # ceil(50 / 6) batches of frames
+    assert all(mel_shape[1:] == (80, 16) for _, mel_shape in generator.calls)
+
+
+_RSS_CHILD = """
+import resource, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from lipsync.config import Settings
+from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+from pipeline_fixtures import ColorFaceBackend, IdentityGenerator
+pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(16), face_backend=ColorFaceBackend())
+pipe(LipSyncRequest(Path({video!r}), Path({audio!r}), Path({out!r}), enhance=False, loop_mode="none", batch_size=16))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_peak_rss_does_not_grow_with_video_length(tmp_path):
+    import subprocess
+    import sys
+
+    peaks = {}
+    for seconds in (2, 16):
+        video = write_synthetic_video(
+            tmp_path / f"v{seconds}.mp4", [FaceSpec("red", moving_box(30, 20, 60, 80, dx=0.05))],
+            width=320, height=240, seconds=seconds,
+        )  # fmt: skip
+        audio = write_speechlike_wav(tmp_path / f"a{seconds}.wav", seconds)
+        code = _RSS_CHILD.format(
+            tests=str(Path(__file__).parent),
+            video=str(video),
+            audio=str(audio),
+            out=str(tmp_path / f"o{seconds}.mp4"),
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        peaks[seconds] = int(proc.stdout.split()[-1])
+    # 8x the frames (400 at 320x240 would be 92 MB decoded) within 15 % of the shorter run's peak
+    assert peaks[16] <= 1.15 * peaks[2], peaks

@@ -26,11 +26,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from lipsync.audio import mel_window, num_audio_frames, wav2lip_mel
+from lipsync.audio import mel_batch, num_audio_frames, wav2lip_mel
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound, NoFaceFound
 from lipsync.faces import FaceBackend, TrackingOptions, create_face_backend, track_characters
@@ -159,6 +160,22 @@ class _StageTimer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What step 2 learns about one request; everything later reads it."""
+
+    video: Path
+    info: MediaInfo
+    fps: Fraction
+    source_frames: int
+    mode: LoopMode
+    plan: Sequence[PlanFrame]
+    needed: int  # leading source frames the plan uses (tracking reads only these)
+    mel: np.ndarray  # (80, T) for the whole new audio
+    out_wav: np.ndarray  # the audio to mux
+    out_rate: int
 
 
 @dataclass(frozen=True)
@@ -442,48 +459,30 @@ class LipSyncPipeline:
         )
 
     def __call__(self, request: LipSyncRequest, progress: ProgressCallback | None = None) -> LipSyncResult:
+        """Run one request. ``progress(stage, done, total)`` may raise (e.g. JobCancelled) to stop the run;
+        the partial output is then removed."""
         wall_start = time.perf_counter()
         report = progress or _no_progress
         timer = _StageTimer()
         stats = PipelineStats()
 
-        # 1. Check the inputs.
+        # 1. Check the inputs, and load the models (first request only) so a missing one fails fast.
         check_request(request)
-        video, audio, output = Path(request.video), Path(request.audio), Path(request.output)
+        with timer("load_models"):
+            backend = self.get_face_backend()
+            generator = self.get_generator()
+            enhancer = self.get_enhancer() if request.enhance else None
 
-        # 2. Probe and plan: the loop plan, and (lazily, per output frame) the mel window.
+        # 2. Probe and plan: the loop plan, and (per output frame, lazily) the mel window.
         report("prepare", 0, 1)
         with timer("prepare"):
-            info = _probe_video(video, self.settings)
-            wav, out_wav, out_rate = self._load_audio(audio)
-            mel = wav2lip_mel(wav, AUDIO_RATE)
-            fps = info.fps
-            source_frames = 1 if info.is_image else info.num_frames
-            if source_frames < 1:
-                raise MediaError(f"{video.name} has no decodable video frames", field="video")
-            audio_frames = num_audio_frames(len(wav), AUDIO_RATE, fps)
-            # A still image is a one-frame clip looped to the audio, whatever the loop mode says.
-            mode: LoopMode = "repeat" if source_frames == 1 else request.loop_mode
-            plan = plan_loop(source_frames, audio_frames, mode, request.crossfade_frames)
-            num_out = len(plan)
-            needed = 1 if source_frames == 1 else sources_needed(plan)
+            job = self._plan(request)
         report("prepare", 1, 1)
-        stats.frames, stats.source_frames, stats.fps, stats.loop_mode = (
-            num_out,
-            source_frames,
-            float(fps),
-            mode,
-        )
-        stats.duration_s = num_out / float(fps)
-        stats.tracked_frames = needed
-        log.info(
-            "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
-            video.name, source_frames, fps, len(wav) / AUDIO_RATE, num_out, mode,
-        )  # fmt: skip
+        stats.frames, stats.source_frames, stats.tracked_frames = len(job.plan), job.source_frames, job.needed
+        stats.fps, stats.loop_mode = float(job.fps), job.mode
+        stats.duration_s = stats.frames / stats.fps
 
-        # 3. Track the characters over the source frames the plan uses.
-        with timer("load_models"):  # zero after the first request: models stay loaded on the pipeline
-            backend = self.get_face_backend()
+        # 3. Track the characters over the source frames the plan uses (once, not once per loop pass).
         threshold = (
             backend.default_threshold
             if request.similarity_threshold is None
@@ -491,7 +490,9 @@ class LipSyncPipeline:
         )
         options = _tracking_options(threshold, request.temporal_smoothing, request.pads, request.sample_every)
         with timer("track"):
-            tracks = _run_tracking(video, info, backend, request.characters, options, needed, report)
+            tracks = _run_tracking(
+                job.video, job.info, backend, request.characters, options, job.needed, report
+            )
         if not any(len(t) for t in tracks):
             raise _no_face_error(request.characters, threshold, backend)
         for t in tracks:
@@ -502,39 +503,71 @@ class LipSyncPipeline:
             stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
 
         # 4 + 5. Generate, composite, enhance and encode, one bounded batch of output frames at a time.
-        with timer("load_models"):
-            generator = self.get_generator()
-            enhancer = self.get_enhancer() if request.enhance else None
+        self._render(job, request, tracks, generator, enhancer, timer, stats, report)
+
+        # 6. Return the result with statistics.
+        stats.stage_seconds = dict(timer.seconds)
+        stats.wall_seconds = time.perf_counter() - wall_start
+        stats.realtime_factor = stats.duration_s / stats.wall_seconds if stats.wall_seconds > 0 else 0.0
+        log.info(
+            "wrote %s: %d frames, %d faces synced (%d poisson, %d feathered), %.2fx realtime",
+            request.output, stats.frames, stats.faces_synced, stats.poisson, stats.feather, stats.realtime_factor,
+        )  # fmt: skip
+        return LipSyncResult(
+            output=Path(request.output), info=job.info, stats=stats, tracks=tracks, plan=job.plan
+        )
+
+    # -- steps in detail ------------------------------------------------------------------------------
+
+    def _plan(self, request: LipSyncRequest) -> _Job:
+        video = Path(request.video)
+        info = _probe_video(video, self.settings)
+        wav, out_wav, out_rate = self._load_audio(Path(request.audio))
+        mel = wav2lip_mel(wav, AUDIO_RATE)
+        source_frames = 1 if info.is_image else info.num_frames
+        if source_frames < 1:
+            raise MediaError(f"{video.name} has no decodable video frames", field="video")
+        audio_frames = num_audio_frames(len(wav), AUDIO_RATE, info.fps)
+        # A still image (or a one-frame clip) is looped to the audio, whatever the loop mode says.
+        mode: LoopMode = "repeat" if source_frames == 1 else request.loop_mode
+        plan = plan_loop(source_frames, audio_frames, mode, request.crossfade_frames)
+        needed = 1 if source_frames == 1 else sources_needed(plan)
+        log.info(
+            "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
+            video.name, source_frames, info.fps, len(wav) / AUDIO_RATE, len(plan), mode,
+        )  # fmt: skip
+        return _Job(video, info, info.fps, source_frames, mode, plan, needed, mel, out_wav, out_rate)
+
+    def _render(
+        self, job: _Job, request: LipSyncRequest, tracks: list[Track], generator: MouthGenerator,
+        enhancer: FaceEnhancer | None, timer: _StageTimer, stats: PipelineStats, report: ProgressCallback,
+    ) -> None:  # fmt: skip
+        """Steps 4 and 5: output frames in batches, each synced, enhanced and encoded before the next."""
+        output = Path(request.output)
+        num_out = len(job.plan)
         batch = int(request.batch_size or self.settings.batch_size or generator.batch_size)
         stats.batch_size = batch
         stats.device = str(getattr(generator, "device", "custom"))
-        width, height = info.display_width, info.display_height
+        width, height = job.info.display_width, job.info.display_height
         chunk = max(1, min(batch, FRAME_BUFFER_BYTES // max(1, width * height * 3)))
+        # Written under a temporary name and renamed at the end: a failed run leaves no half-written output.
         partial = output.with_name(f".{output.stem}.partial{output.suffix}")
         try:
             with contextlib.ExitStack() as stack:
-                get_frame = self._frame_source(video, info, stack)
-                encoder = VideoWriter(
-                    partial,
-                    width,
-                    height,
-                    fps,
-                    crf=request.crf,
-                    preset=request.preset,
-                    audio=out_wav,
-                    audio_rate=out_rate,
-                )
-                writer = stack.enter_context(encoder)
+                get_frame = self._frame_source(job.video, job.info, stack)
+                writer = VideoWriter(
+                    partial, width, height, job.fps, crf=request.crf, preset=request.preset,
+                    audio=job.out_wav, audio_rate=job.out_rate,
+                )  # fmt: skip
+                stack.enter_context(writer)
                 report("lipsync", 0, num_out)
                 for start in range(0, num_out, chunk):
                     stop = min(num_out, start + chunk)
                     with timer("decode"):
-                        frames = [render_plan_frame(get_frame, plan[i]) for i in range(start, stop)]
-                    jobs = self._face_jobs(plan, start, stop, tracks, request.pads, width, height, stats)
+                        frames = [render_plan_frame(get_frame, job.plan[i]) for i in range(start, stop)]
+                    jobs = self._face_jobs(job.plan, start, stop, tracks, request.pads, width, height, stats)
                     if jobs:
-                        self._sync_faces(
-                            frames, jobs, start, mel, fps, generator, batch, request, timer, stats
-                        )
+                        self._sync_faces(frames, jobs, start, job, generator, batch, request, timer, stats)
                         if enhancer is not None:
                             with timer("enhance"):
                                 stats.enhanced += enhancer(frames, [(j.slot, j.landmarks) for j in jobs])
@@ -550,18 +583,6 @@ class LipSyncPipeline:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
         report("encode", 1, 1)
-
-        # 6. Return the result with statistics.
-        stats.stage_seconds = dict(timer.seconds)
-        stats.wall_seconds = time.perf_counter() - wall_start
-        stats.realtime_factor = stats.duration_s / stats.wall_seconds if stats.wall_seconds > 0 else 0.0
-        log.info(
-            "wrote %s: %d frames, %d faces synced (%d poisson, %d feathered), %.2fx realtime",
-            output, num_out, stats.faces_synced, stats.poisson, stats.feather, stats.realtime_factor,
-        )  # fmt: skip
-        return LipSyncResult(output=output, info=info, stats=stats, tracks=tracks, plan=plan)
-
-    # -- steps in detail ------------------------------------------------------------------------------
 
     def _load_audio(self, audio: Path) -> tuple[np.ndarray, np.ndarray, int]:
         """16 kHz mono for the mel spectrogram, plus the track to mux (at the source rate, up to 48 kHz)."""
@@ -610,21 +631,22 @@ class LipSyncPipeline:
 
     @staticmethod
     def _sync_faces(
-        frames: list[np.ndarray], jobs: list[_FaceJob], start: int, mel: np.ndarray, fps, generator: MouthGenerator,
+        frames: list[np.ndarray], jobs: list[_FaceJob], start: int, job: _Job, generator: MouthGenerator,
         batch: int, request: LipSyncRequest, timer: _StageTimer, stats: PipelineStats,
     ) -> None:  # fmt: skip
+        """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
         with timer("prepare_faces"):
             faces = np.stack([prepare_face(frames[j.slot], j.box) for j in jobs])
-            mels = np.stack([mel_window(mel, start + j.slot, fps) for j in jobs])
+            mels = mel_batch(job.mel, [start + j.slot for j in jobs], job.fps)
         with timer("generate"):
             generated = np.concatenate(
                 [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
             )
         with timer("composite"):
-            for job, face in zip(jobs, generated, strict=True):
-                crop = postprocess_face(face, job.box)
-                result = composite_face(frames[job.slot], crop, job.box, poisson=request.poisson)
-                frames[job.slot] = result.frame
+            for face_job, face in zip(jobs, generated, strict=True):
+                crop = postprocess_face(face, face_job.box)
+                result = composite_face(frames[face_job.slot], crop, face_job.box, poisson=request.poisson)
+                frames[face_job.slot] = result.frame
                 if result.method == "poisson":
                     stats.poisson += 1
                 else:

@@ -25,7 +25,6 @@ from lipsync.api.schemas import (
     LipSyncIn,
     LipSyncOut,
 )
-from lipsync.errors import JobNotFound
 from lipsync.jobs.models import JobRecord
 
 ENDPOINTS = {
@@ -212,9 +211,13 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
     @private.delete("/jobs/{job_id}", response_model=JobOut, summary="Cancel a job",
                     responses={404: {"model": ErrorOut, "description": "Unknown job"}})
     async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
-        """Cancels a queued or running job (a running one stops at its next progress report). A job that
-        already ended is returned unchanged."""
-        return job_view(await run_in_threadpool(request.app.state.lipsync.runner.cancel, job_id))
+        """Cancels a queued or running job (a running one stops at its next progress report). For a job
+        that already ended, deletes its stored result file (if it kept one) and returns the job unchanged."""
+        state = request.app.state.lipsync
+        record = await run_in_threadpool(state.runner.cancel, job_id)
+        if record.is_final:
+            await run_in_threadpool(state.work.result_path(job_id).unlink, True)
+        return job_view(record)
 
     @private.get(
         "/jobs/{job_id}/result", summary="Download the output MP4", response_class=FileResponse,
@@ -231,7 +234,7 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
         if not path.is_file():
             if (record.result or {}).get("output_url"):
                 raise ResultNotStored("this job's result was uploaded to its upload_url, not kept here")
-            raise JobNotFound(f"the result of job {job_id} is no longer available")
+            raise ResultNotStored(f"the result of job {job_id} is no longer stored (deleted)")
         return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
     return public, private

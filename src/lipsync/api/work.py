@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,27 @@ _FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "batch_size": "wav2l
                 "output": "upload_url"}
 
 
+# Downloaded inputs are saved as video.<ext>, audio.<ext>, ref<i>.<ext> (see JobWork._download).
+_SCRATCH_NAME = re.compile(r"'?\b(video|audio|ref(\d+))\.[a-z0-9]{2,4}\b'?")
+
+
+def _scratch_field(match: re.Match) -> str:
+    if match.group(2) is not None:
+        return f"characters[{match.group(2)}].reference_image_url"
+    return f"{match.group(1)}_url"
+
+
 def _for_api(exc: LipSyncError, workdir: Path) -> LipSyncError:
-    """Name the API's fields, and keep server paths out of messages (scratch files -> their names)."""
+    """Speak the API's language: request field names instead of internal ones, and the input's field
+    instead of a server path ("no face in reference image ref0.jpg" -> "... characters[0].reference_image_url")."""
     if exc.field in _FIELD_NAMES:
         exc.field = _FIELD_NAMES[exc.field]
-    exc.message = exc.message.replace(f"{workdir}{os.sep}", "").replace(str(workdir), "")
+    message = exc.message.replace(f"{workdir}{os.sep}", "").replace(str(workdir), "")
+    named = {_scratch_field(m) for m in _SCRATCH_NAME.finditer(message)}
+    message = _SCRATCH_NAME.sub(lambda m: f"the file from {_scratch_field(m)}", message)
+    if len(named) == 1 and exc.field in (None, "characters"):
+        exc.field = named.pop()
+    exc.message = message
     return exc
 
 

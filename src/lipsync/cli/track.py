@@ -89,7 +89,8 @@ class _Bar:
               help="Match threshold on the backend's 0-1 scale (default: the backend's, 0.5).")  # fmt: skip
 @click.option("--sample-every", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="Detect faces every N frames (and at shot changes); interpolate in between.")  # fmt: skip
-@click.option("--temporal-smoothing", type=click.FloatRange(0, 1), default=0.3, show_default=True)
+@click.option("--temporal-smoothing", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Box smoothing, 0 (off) to 1; zero-phase, so boxes do not lag.")  # fmt: skip
 @click.option("--shot-threshold", type=click.FloatRange(0.01, 1), default=0.3, show_default=True,
               help="Histogram distance above which a frame starts a new shot.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -15,6 +15,8 @@ How a video is processed (one pass over ``frames``, which may be a generator of 
 4. When a character is present at one sample and absent at the next, the frames in between (held in a
    buffer of at most ``sample_every - 1`` frames, the only frames ever kept) are probed by binary search
    to find where it appears or disappears, so absent frames get no box and present frames get one.
+   (An absence that starts and ends between two samples, shorter than ``sample_every``, is not seen:
+   lower ``sample_every`` when that matters.)
 5. Between two samples where a character is present in the same shot, its box, landmarks and similarity
    are interpolated linearly (``interpolated=True``).
 6. Each track is smoothed by a zero-phase forward-backward EMA (``temporal_smoothing``), per run of
@@ -24,12 +26,14 @@ With no characters, every face gets an anonymous identity (its own embedding, Io
 most prominent one (largest summed box area over its frames: big and present often) is returned with
 id and name "face".
 
-Memory: the buffer, per-character sample observations and the final per-frame points (a few hundred
-bytes per character per frame); frames themselves are not kept.
+Memory: the buffer (at most ``sample_every - 1`` frames), the observations at sampled frames, and the
+output itself (about 0.5 KB per tracked frame per character, ~1 MB per character per minute at 30 fps);
+frames are never accumulated. With no characters, each anonymous face keeps only its own observations.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +68,9 @@ class TrackingOptions:
     continuity_iou: float = 0.5
     continuity_margin: float = 0.1
     iou_bonus: float = 0.1
+    # Frames kept between samples for the appear/disappear search; with a larger sample_every only every
+    # k-th frame is kept (the boundary is then found to within k frames, erring towards "absent").
+    max_buffered_frames: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.similarity_threshold <= 1.0:
@@ -76,6 +83,8 @@ class TrackingOptions:
             raise ValueError("pads must be (top, bottom, left, right)")
         if not 0.0 < self.shot_change_threshold <= 1.0:
             raise ValueError("shot_change_threshold must be within (0, 1]")
+        if self.max_buffered_frames < 1:
+            raise ValueError("max_buffered_frames must be >= 1")
 
 
 # --- shot changes ------------------------------------------------------------------------------------
@@ -120,12 +129,18 @@ class _Obs:
 
 @dataclass
 class _Identity:
+    """A character (or, without characters, one anonymous face). Storage is sparse: ``present`` holds
+    observations; absence at a regular sample is implied by the tracker's sample list, and ``absent``
+    only records refinement probes that found nothing."""
+
     id: str
     name: str
     embedding: np.ndarray
     anonymous: bool = False
     count: int = 1
-    probes: dict[int, _Obs | None] = field(default_factory=dict)
+    area: float = 0.0  # summed box area at regular samples: prominence without characters
+    present: dict[int, _Obs] = field(default_factory=dict)
+    absent: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -139,10 +154,12 @@ class _Tracker:
         self.backend = backend
         self.options = options
         self.every = int(options.sample_every)
+        self.buffer_stride = max(1, -(-(self.every - 1) // int(options.max_buffered_frames)))
         self.anonymous = not refs
         self.identities = [_Identity(r.id, r.name, r.embedding) for r in refs]
         self.shots = ShotChangeDetector(options.shot_change_threshold)
-        self.shot_starts: set[int] = set()
+        self.cuts: list[int] = []  # first frames of shots after the first, ascending
+        self.samples: list[int] = []  # regular sample frames, ascending
         self.buffer: list[tuple[int, np.ndarray]] = []
         self.last_sample: int | None = None
         self.last_frame: tuple[int, np.ndarray] | None = None
@@ -156,13 +173,14 @@ class _Tracker:
             self.size = (int(frame.shape[1]), int(frame.shape[0]))
         cut = self.shots.update(frame)
         if cut:
-            self.shot_starts.add(index)
-            if self.last_sample != index - 1 and self.buffer and self.buffer[-1][0] == index - 1:
-                self._sample(*self.buffer[-1])
+            self.cuts.append(index)
+            last = self.last_frame
+            if last is not None and last[0] == index - 1 and self.last_sample != index - 1:
+                self._sample(*last)  # the previous shot's last frame, so its tracks end exactly there
             self._sample(index, frame)
         elif self.last_sample is None or index - self.last_sample >= self.every:
             self._sample(index, frame)
-        else:
+        elif (index - self.last_sample) % self.buffer_stride == 0:
             self.buffer.append((index, frame))
         self.last_frame = (index, frame)
 
@@ -173,7 +191,9 @@ class _Tracker:
         self.last_frame = None
 
     def _same_shot(self, a: int, b: int) -> bool:
-        return not any(a < s <= b for s in self.shot_starts)
+        """No cut in (a, b]."""
+        k = bisect.bisect_right(self.cuts, a)
+        return k >= len(self.cuts) or self.cuts[k] > b
 
     # --- analysis ---------------------------------------------------------------------------------
 
@@ -190,7 +210,7 @@ class _Tracker:
         prev = self.last_sample
         if prev is not None and prev < index and self._same_shot(prev, index):
             for k, ident in enumerate(self.identities):
-                obs = ident.probes.get(prev)
+                obs = ident.present.get(prev)
                 if obs is not None:
                     for f, face in enumerate(faces):
                         ious[f, k] = face.box.iou(obs.box)
@@ -216,15 +236,20 @@ class _Tracker:
                 self.identities.append(
                     _Identity(f"{ANONYMOUS_ID}{len(self.identities)}", ANONYMOUS_ID, emb, anonymous=True)
                 )
-                analysis.matched[len(self.identities) - 1] = (_Obs(face.box, face.landmarks, 1.0), emb)
+                analysis.matched[len(self.identities) - 1] = (
+                    _Obs(face.box, np.asarray(face.landmarks, np.float32), 1.0),
+                    emb,
+                )
         prev = self.last_sample
-        for k, ident in enumerate(self.identities):
-            hit = analysis.matched.get(k)
-            ident.probes[index] = hit[0] if hit else None
-            if hit is not None and ident.anonymous:
+        self.samples.append(index)
+        for k, (obs, emb) in analysis.matched.items():
+            ident = self.identities[k]
+            ident.present[index] = obs
+            ident.area += obs.box.area
+            if ident.anonymous:
                 # Running mean of the anonymous identity, so it follows slow appearance changes.
                 ident.count += 1
-                mean = ident.embedding * (ident.count - 1) + hit[1]
+                mean = ident.embedding * (ident.count - 1) + emb
                 ident.embedding = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         if (
             self.options.refine_transitions
@@ -243,9 +268,8 @@ class _Tracker:
             return
         cache: dict[int, _Analysis] = {}
         for k, ident in enumerate(self.identities):
-            at_lo = ident.probes.get(lo) is not None
-            at_hi = ident.probes.get(hi) is not None
-            if at_lo == at_hi:
+            at_lo = lo in ident.present
+            if at_lo == (hi in ident.present):
                 continue
             a, b = -1, len(between)  # positions; -1 stands for lo, len for hi
             while b - a > 1:
@@ -254,7 +278,10 @@ class _Tracker:
                 if idx not in cache:
                     cache[idx] = self._analyse(idx, frame)
                 hit = cache[idx].matched.get(k)
-                ident.probes[idx] = hit[0] if hit else None
+                if hit is not None:
+                    ident.present[idx] = hit[0]
+                else:
+                    ident.absent.add(idx)
                 if (hit is not None) == at_lo:
                     a = m
                 else:
@@ -263,27 +290,39 @@ class _Tracker:
     # --- output -----------------------------------------------------------------------------------
 
     def build(self) -> list[Track]:
-        tracks = [self._track(ident) for ident in self.identities]
         if self.anonymous:
-            if not tracks:
+            if not self.identities:
                 return []
-            best = max(tracks, key=lambda t: sum(p.box.area for p in t.points.values()))
-            best.character_id = ANONYMOUS_ID
-            best.name = ANONYMOUS_ID
-            return [best] if best.points else []
-        return tracks
+            best = max(self.identities, key=lambda ident: ident.area)
+            track = self._track(best)
+            track.character_id = track.name = ANONYMOUS_ID
+            return [track] if track.points else []
+        return [self._track(ident) for ident in self.identities]
+
+    def _next_probe(self, ident: _Identity, own: list[int], k: int) -> int | None:
+        """The first frame after own[k] where ``ident`` was looked for: its next own probe or the next
+        regular sample, whichever comes first."""
+        p = own[k]
+        candidates = []
+        if k + 1 < len(own):
+            candidates.append(own[k + 1])
+        j = bisect.bisect_right(self.samples, p)
+        if j < len(self.samples):
+            candidates.append(self.samples[j])
+        return min(candidates) if candidates else None
 
     def _track(self, ident: _Identity) -> Track:
         track = Track(ident.id, ident.name)
-        probed = sorted(ident.probes)
+        own = sorted(set(ident.present) | ident.absent)
         raw: dict[int, _Obs] = {}
         interpolated: set[int] = set()
-        for p, q in zip(probed, [*probed[1:], None], strict=True):
-            a = ident.probes[p]
+        for k, p in enumerate(own):
+            a = ident.present.get(p)
             if a is None:
                 continue
             raw[p] = a
-            b = ident.probes.get(q) if q is not None else None
+            q = self._next_probe(ident, own, k)
+            b = ident.present.get(q) if q is not None else None
             if b is None or q - p < 2 or not self._same_shot(p, q):
                 continue
             for f in range(p + 1, q):
@@ -293,7 +332,7 @@ class _Tracker:
         frames = sorted(raw)
         strength = self.options.temporal_smoothing
         w, h = self.size or (0, 0)
-        for run in contiguous_runs(frames, self.shot_starts):
+        for run in contiguous_runs(frames, frozenset(self.cuts)):
             boxes = np.array([raw[f].box.as_list() for f in run], dtype=np.float64)
             lms = np.array([raw[f].landmarks.reshape(-1) for f in run], dtype=np.float64)
             if strength > 0 and len(run) >= 3:
@@ -353,9 +392,7 @@ def track_characters(
         if progress is not None:
             progress(done, total)
     tracker.finish()
-    log.debug(
-        "tracked %d frames with %d detections, %d cuts", done, tracker.detections, len(tracker.shot_starts)
-    )
+    log.debug("tracked %d frames with %d detections, %d cuts", done, tracker.detections, len(tracker.cuts))
     return tracker.build()
 
 

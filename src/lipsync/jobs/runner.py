@@ -165,7 +165,10 @@ class JobRunner:
                 continue
             if record is None:  # cancelled while it waited
                 continue
-            self._run(record)
+            try:
+                self._run(record)
+            except Exception:  # bookkeeping failed (e.g. the store closed at shutdown); keep the worker
+                log.exception("job %s: runner bookkeeping failed", job_id)
 
     def _make_stop_check(self, record: JobRecord, event: threading.Event) -> Callable[[], None]:
         def stop_check() -> None:
