@@ -374,3 +374,23 @@ def test_peak_rss_does_not_grow_with_video_length(tmp_path):
         peaks[seconds] = int(proc.stdout.split()[-1])
     # 8x the frames (400 at 320x240 would be 92 MB decoded) within 15 % of the shorter run's peak
     assert peaks[16] <= 1.15 * peaks[2], peaks
+
+
+def test_progress_can_cancel_and_leaves_no_partial_output(tmp_path, media):
+    import threading
+
+    from lipsync.errors import JobCancelled
+
+    def cancel(stage: str, done: int, total: int) -> None:
+        if stage == "lipsync" and done >= 16:
+            raise JobCancelled("cancelled by the user")
+
+    before = threading.active_count()
+    pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(), face_backend=ColorFaceBackend())
+    request = LipSyncRequest(
+        media["one_face"], media["audio_2s"], tmp_path / "out.mp4", enhance=False, loop_mode="none", batch_size=8
+    )
+    with pytest.raises(JobCancelled):
+        pipe(request, progress=cancel)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its partial file
+    assert threading.active_count() == before  # encoder and compositing threads are gone

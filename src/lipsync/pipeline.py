@@ -22,9 +22,11 @@ import itertools
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -61,7 +63,9 @@ ProgressCallback = Callable[[str, int, int], None]
 AUDIO_RATE = 16000  # Wav2Lip's mel spectrogram is defined at 16 kHz
 MAX_OUTPUT_AUDIO_RATE = 48000
 # Frames held at once are capped by bytes as well as by the batch size, so 4K input cannot exhaust memory.
-FRAME_BUFFER_BYTES = 512 * 1024**2
+FRAME_BUFFER_BYTES = 256 * 1024**2
+# Poisson blending is single-threaded OpenCV work; a few threads keep it off the critical path on big CPUs.
+COMPOSITE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -127,7 +131,7 @@ class PipelineStats:
         out["stage_fps"] = {
             k: round((self.tracked_frames if k == "track" else self.frames) / v, 2)
             for k, v in self.stage_seconds.items()
-            if v > 0 and self.frames and k != "load_models"
+            if v > 0 and self.frames and k not in ("load_models", "encode_wait")
         }
         return out
 
@@ -160,6 +164,50 @@ class _StageTimer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+class _BackgroundEncoder:
+    """Encodes finished batches on one worker thread, so x264 (which releases the GIL) overlaps the next
+    batch's generation and compositing. At most ``depth`` batches wait, which keeps memory bounded."""
+
+    def __init__(self, writer: VideoWriter, depth: int = 2) -> None:
+        self.writer = writer
+        self.busy_seconds = 0.0
+        self._queue: queue.Queue[list[np.ndarray] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (frames := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain after a failure; the main thread re-raises it
+            start = time.perf_counter()
+            try:
+                for frame in frames:
+                    self.writer.write(frame)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                self._error = exc
+            self.busy_seconds += time.perf_counter() - start
+
+    def put(self, frames: list[np.ndarray]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(frames)
+
+    def stop(self) -> None:
+        """Error path: let the worker finish what it holds and exit, raising nothing."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def join(self) -> None:
+        """Wait for every queued frame to be written; raise the worker's error if it had one."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 @dataclass(frozen=True)
@@ -552,6 +600,7 @@ class LipSyncPipeline:
         chunk = max(1, min(batch, FRAME_BUFFER_BYTES // max(1, width * height * 3)))
         # Written under a temporary name and renamed at the end: a failed run leaves no half-written output.
         partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+        encoder: _BackgroundEncoder | None = None
         try:
             with contextlib.ExitStack() as stack:
                 get_frame = self._frame_source(job.video, job.info, stack)
@@ -560,6 +609,10 @@ class LipSyncPipeline:
                     audio=job.out_wav, audio_rate=job.out_rate,
                 )  # fmt: skip
                 stack.enter_context(writer)
+                encoder = _BackgroundEncoder(writer)
+                stack.callback(encoder.stop)  # on error: stop the worker before the writer is closed
+                # Compositing is OpenCV work that releases the GIL: frames of a batch run in parallel.
+                pool = stack.enter_context(ThreadPoolExecutor(COMPOSITE_THREADS, "lipsync-composite"))
                 report("lipsync", 0, num_out)
                 for start in range(0, num_out, chunk):
                     stop = min(num_out, start + chunk)
@@ -567,19 +620,23 @@ class LipSyncPipeline:
                         frames = [render_plan_frame(get_frame, job.plan[i]) for i in range(start, stop)]
                     jobs = self._face_jobs(job.plan, start, stop, tracks, request.pads, width, height, stats)
                     if jobs:
-                        self._sync_faces(frames, jobs, start, job, generator, batch, request, timer, stats)
+                        self._sync_faces(
+                            frames, jobs, start, job, generator, batch, request, timer, stats, pool
+                        )
                         if enhancer is not None:
                             with timer("enhance"):
                                 stats.enhanced += enhancer(frames, [(j.slot, j.landmarks) for j in jobs])
-                    with timer("encode"):
-                        for frame in frames:
-                            writer.write(frame)
+                    with timer("encode_wait"):  # only when the encoder is two batches behind
+                        encoder.put(frames)
                     report("lipsync", stop, num_out)
                 report("encode", 0, 1)
-                with timer("encode"):
+                with timer("encode_wait"):
+                    encoder.join()
                     stack.close()  # closing the writer flushes the encoder and muxes the audio
             os.replace(partial, output)
         finally:
+            if encoder is not None:
+                timer.seconds["encode"] = encoder.busy_seconds
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
         report("encode", 1, 1)
@@ -632,7 +689,7 @@ class LipSyncPipeline:
     @staticmethod
     def _sync_faces(
         frames: list[np.ndarray], jobs: list[_FaceJob], start: int, job: _Job, generator: MouthGenerator,
-        batch: int, request: LipSyncRequest, timer: _StageTimer, stats: PipelineStats,
+        batch: int, request: LipSyncRequest, timer: _StageTimer, stats: PipelineStats, pool: Executor,
     ) -> None:  # fmt: skip
         """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
         with timer("prepare_faces"):
@@ -642,13 +699,24 @@ class LipSyncPipeline:
             generated = np.concatenate(
                 [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
             )
+        by_slot: dict[int, list[tuple[_FaceJob, np.ndarray]]] = {}
+        for face_job, face in zip(jobs, generated, strict=True):
+            by_slot.setdefault(face_job.slot, []).append((face_job, face))
+
+        def composite_frame(slot: int) -> tuple[int, np.ndarray, list[str]]:
+            # Faces of one frame go one after the other (they may overlap); frames are independent.
+            frame, methods = frames[slot], []
+            for face_job, face in by_slot[slot]:
+                result = composite_face(
+                    frame, postprocess_face(face, face_job.box), face_job.box, poisson=request.poisson
+                )
+                frame = result.frame
+                methods.append(result.method)
+            return slot, frame, methods
+
         with timer("composite"):
-            for face_job, face in zip(jobs, generated, strict=True):
-                crop = postprocess_face(face, face_job.box)
-                result = composite_face(frames[face_job.slot], crop, face_job.box, poisson=request.poisson)
-                frames[face_job.slot] = result.frame
-                if result.method == "poisson":
-                    stats.poisson += 1
-                else:
-                    stats.feather += 1
+            for slot, frame, methods in pool.map(composite_frame, list(by_slot)):
+                frames[slot] = frame
+                stats.poisson += methods.count("poisson")
+                stats.feather += len(methods) - methods.count("poisson")
         stats.faces_synced += len(jobs)
