@@ -74,7 +74,7 @@ def talking_clip(path: Path, seconds: float, width: int = 1280, height: int = 72
     return write_video(path, frame, n, fps)
 
 
-def prepare_inputs(work: Path, quick: bool, cases: list[str]) -> dict:
+def prepare_inputs(work: Path, quick: bool, cases: list[str], synthetic_seconds: float | None = None) -> dict:
     from pipeline_fixtures import write_random_gfpgan, write_random_wav2lip, write_speechlike_wav
 
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def prepare_inputs(work: Path, quick: bool, cases: list[str]) -> dict:
             "audio": str(SHARED_MEDIA / "speech_en_16k_stereo_8s.wav"),
         }
     if "synthetic720" in cases:
-        seconds = 12.0 if quick else 60.0
+        seconds = synthetic_seconds or (12.0 if quick else 60.0)
         out["cases"]["synthetic720"] = {
             "video": str(talking_clip(work / "talking720.mp4", seconds)),
             "audio": str(write_speechlike_wav(work / "speech720.wav", seconds)),
@@ -137,7 +137,11 @@ def run_case(spec: dict) -> dict:
     pipe.load_models(enhance=spec["enhance"])
     load_s = time.perf_counter() - load_start
     request = LipSyncRequest(
-        Path(spec["video"]), audio, work / f"out_{spec['name']}.mp4", enhance=spec["enhance"], loop_mode="crossfade"
+        Path(spec["video"]),
+        audio,
+        work / f"out_{spec['name']}.mp4",
+        enhance=spec["enhance"],
+        loop_mode="crossfade",
     )
     result = pipe(request)
     stats = result.stats.to_dict()
@@ -167,11 +171,19 @@ def run_case(spec: dict) -> dict:
 
 def _child(spec: dict) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--run-case", json.dumps(spec)], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--run-case", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-5:]
-        return {"case": spec["case"], "device": spec["device"], "enhance": spec["enhance"], "error": " | ".join(tail)}
+        return {
+            "case": spec["case"],
+            "device": spec["device"],
+            "enhance": spec["enhance"],
+            "error": " | ".join(tail),
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -198,12 +210,16 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="12 s synthetic clip instead of 60 s")
     parser.add_argument("--enhance-seconds", type=float, default=None,
                         help="audio seconds for enhanced CPU rows (default 0.4 quick, 2.0 full)")  # fmt: skip
     parser.add_argument("--cases", default="chaplin,synthetic720")
     parser.add_argument("--no-enhance-rows", action="store_true", help="skip the enhanced rows")
+    parser.add_argument("--synthetic-seconds", type=float, default=None, help="length of the 720p clip")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results path")
     parser.add_argument("--run-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_case:
@@ -220,7 +236,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="lipsync-bench-") as tmp:
         work = Path(tmp)
-        inputs = prepare_inputs(work, args.quick, cases)
+        inputs = prepare_inputs(work, args.quick, cases, args.synthetic_seconds)
         for case, media in inputs["cases"].items():
             for device in devices:
                 for enhance in (False, True) if not args.no_enhance_rows else (False,):
@@ -235,9 +251,10 @@ def main() -> None:
                     rows.append(_child(spec))
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print_table(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "quick": args.quick,
+        "synthetic_seconds": args.synthetic_seconds or (12.0 if args.quick else 60.0),
         "enhance_seconds_cpu": enhance_seconds,
         "machine": platform.platform(),
         "cpu_count": __import__("os").cpu_count(),
@@ -245,8 +262,8 @@ def main() -> None:
         "weights": "seeded random, real architectures",
         "face_backend": "dlib",
     }
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

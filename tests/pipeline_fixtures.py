@@ -342,7 +342,9 @@ class MouthMarkGenerator(IdentityGenerator):
         return out
 
 
-def reencode_reference(src: Path, plan, out: Path, *, crf: int = 18, preset: str = "medium") -> list[np.ndarray]:
+def reencode_reference(
+    src: Path, plan, out: Path, *, crf: int = 18, preset: str = "medium"
+) -> list[np.ndarray]:
     """The input as the pipeline would write it untouched: decoded, laid out by the loop plan, re-encoded
     with the same encoder settings, decoded again. Identity output must match this, not the raw input."""
     from lipsync.media import FrameReader, VideoWriter, probe

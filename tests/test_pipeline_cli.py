@@ -38,7 +38,9 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def inputs(tmp_path) -> dict[str, Path]:
     return {
-        "video": write_synthetic_video(tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 60, 80))], seconds=0.4),
+        "video": write_synthetic_video(
+            tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 60, 80))], seconds=0.4
+        ),
         "audio": write_speechlike_wav(tmp_path / "a.wav", 0.4),
     }
 
@@ -113,7 +115,12 @@ def test_bad_option_value_is_a_usage_error(tmp_path, inputs, monkeypatch, capsys
 def test_lipsync_run_end_to_end(tmp_path):
     """The console script with a random-weight Wav2Lip (by env var), the dlib backend, and progress bars."""
     video = write_photo_video(
-        tmp_path / "obama.mp4", shared_file("obama.jpg"), width=320, height=240, seconds=0.6, center=(0.54, 0.25)
+        tmp_path / "obama.mp4",
+        shared_file("obama.jpg"),
+        width=320,
+        height=240,
+        seconds=0.6,
+        center=(0.54, 0.25),
     )
     audio = write_speechlike_wav(tmp_path / "speech.wav", 1.0)
     checkpoint = write_random_wav2lip(tmp_path / "w2l.pth", seed=1)

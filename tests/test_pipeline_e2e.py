@@ -388,7 +388,12 @@ def test_progress_can_cancel_and_leaves_no_partial_output(tmp_path, media):
     before = threading.active_count()
     pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(), face_backend=ColorFaceBackend())
     request = LipSyncRequest(
-        media["one_face"], media["audio_2s"], tmp_path / "out.mp4", enhance=False, loop_mode="none", batch_size=8
+        media["one_face"],
+        media["audio_2s"],
+        tmp_path / "out.mp4",
+        enhance=False,
+        loop_mode="none",
+        batch_size=8,
     )
     with pytest.raises(JobCancelled):
         pipe(request, progress=cancel)

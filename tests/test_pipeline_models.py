@@ -52,11 +52,19 @@ def _settings(tmp_path: Path, **kw) -> Settings:
 
 def test_real_wav2lip_network_with_random_weights(tmp_path, checkpoints):
     video = write_synthetic_video(
-        tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 20, 60, 76, dx=0.5))], width=160, height=120, seconds=0.4
+        tmp_path / "v.mp4",
+        [FaceSpec("red", moving_box(40, 20, 60, 76, dx=0.5))],
+        width=160,
+        height=120,
+        seconds=0.4,
     )
     audio = write_speechlike_wav(tmp_path / "a.wav", 0.4)
-    pipe = LipSyncPipeline(_settings(tmp_path, wav2lip_checkpoint=checkpoints["wav2lip"]), face_backend=ColorFaceBackend())
-    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", enhance=False, batch_size=4, loop_mode="none", crf=0)
+    pipe = LipSyncPipeline(
+        _settings(tmp_path, wav2lip_checkpoint=checkpoints["wav2lip"]), face_backend=ColorFaceBackend()
+    )
+    request = LipSyncRequest(
+        video, audio, tmp_path / "out.mp4", enhance=False, batch_size=4, loop_mode="none", crf=0
+    )
     result = pipe(request)
     generator = pipe.get_generator()
     assert isinstance(generator, Wav2LipGenerator) and generator.device.type == "cpu"
@@ -88,13 +96,17 @@ def test_enhance_with_random_gfpgan_changes_only_synced_faces(tmp_path):
     audio = write_speechlike_wav(tmp_path / "a.wav", 0.04)
     red = Character("red", "Red", (write_reference_image(tmp_path / "red.png", "red"),))
     pipe = LipSyncPipeline(
-        _settings(tmp_path, gfpgan_checkpoint=gfpgan), generator=MouthMarkGenerator(), face_backend=ColorFaceBackend()
+        _settings(tmp_path, gfpgan_checkpoint=gfpgan),
+        generator=MouthMarkGenerator(),
+        face_backend=ColorFaceBackend(),
     )
     result = pipe(LipSyncRequest(still, audio, tmp_path / "out.mp4", (red,), enhance=True, crf=0))
     assert isinstance(pipe.get_enhancer().restorer, GFPGANRestorer)
     assert result.stats.frames == 1 and result.stats.enhanced == 1
     (out,) = decode_frames(result.output)
-    without = LipSyncPipeline(_settings(tmp_path), generator=MouthMarkGenerator(), face_backend=ColorFaceBackend())
+    without = LipSyncPipeline(
+        _settings(tmp_path), generator=MouthMarkGenerator(), face_backend=ColorFaceBackend()
+    )
     (plain,) = decode_frames(
         without(LipSyncRequest(still, audio, tmp_path / "plain.mp4", (red,), enhance=False, crf=0)).output
     )
@@ -116,12 +128,19 @@ def test_enhance_with_random_gfpgan_changes_only_synced_faces(tmp_path):
 @pytest.mark.slow
 def test_dlib_backend_end_to_end_on_a_real_photo(tmp_path):
     video = write_photo_video(
-        tmp_path / "obama.mp4", shared_file("obama.jpg"), width=320, height=240, seconds=1.2, center=(0.54, 0.25)
+        tmp_path / "obama.mp4",
+        shared_file("obama.jpg"),
+        width=320,
+        height=240,
+        seconds=1.2,
+        center=(0.54, 0.25),
     )
     audio = write_speechlike_wav(tmp_path / "a.wav", 1.2)
     obama = Character("obama", "Barack Obama", (shared_file("obama2.jpg"),))
     pipe = LipSyncPipeline(_settings(tmp_path, face_backend="dlib"), generator=MouthMarkGenerator())
-    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", (obama,), enhance=False, loop_mode="none", crf=0)
+    request = LipSyncRequest(
+        video, audio, tmp_path / "out.mp4", (obama,), enhance=False, loop_mode="none", crf=0
+    )
     result = pipe(request)
     stats = result.stats.characters["obama"]
     assert stats.frames_synced == result.stats.frames == 30 and stats.frames_passed_through == 0

@@ -64,6 +64,7 @@ AUDIO_RATE = 16000  # Wav2Lip's mel spectrogram is defined at 16 kHz
 MAX_OUTPUT_AUDIO_RATE = 48000
 # Frames held at once are capped by bytes as well as by the batch size, so 4K input cannot exhaust memory.
 FRAME_BUFFER_BYTES = 256 * 1024**2
+READER_BLOCK_BYTES = 32 * 1024**2
 # Poisson blending is single-threaded OpenCV work; a few threads keep it off the critical path on big CPUs.
 COMPOSITE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
@@ -170,7 +171,7 @@ class _BackgroundEncoder:
     """Encodes finished batches on one worker thread, so x264 (which releases the GIL) overlaps the next
     batch's generation and compositing. At most ``depth`` batches wait, which keeps memory bounded."""
 
-    def __init__(self, writer: VideoWriter, depth: int = 2) -> None:
+    def __init__(self, writer: VideoWriter, depth: int = 1) -> None:
         self.writer = writer
         self.busy_seconds = 0.0
         self._queue: queue.Queue[list[np.ndarray] | None] = queue.Queue(maxsize=depth)
@@ -469,6 +470,8 @@ class LipSyncPipeline:
                 device = resolve_device(self.settings.device)
                 path = self.store.ensure("gfpgan_v1.4")
                 log.info("loading gfpgan_v1.4 from %s on %s", path, device)
+                if device.type == "cpu":
+                    log.warning("GFPGAN enhancement on a CPU takes seconds per face; turn it off for speed")
                 net = load_network("gfpgan_v1.4", path, device=device)
                 self._enhancer = FaceEnhancer(GFPGANRestorer(net, device, fp16=self.settings.fp16))
             return self._enhancer
@@ -626,7 +629,7 @@ class LipSyncPipeline:
                         if enhancer is not None:
                             with timer("enhance"):
                                 stats.enhanced += enhancer(frames, [(j.slot, j.landmarks) for j in jobs])
-                    with timer("encode_wait"):  # only when the encoder is two batches behind
+                    with timer("encode_wait"):  # only when the encoder is a batch behind
                         encoder.put(frames)
                     report("lipsync", stop, num_out)
                 report("encode", 0, 1)
@@ -662,8 +665,11 @@ class LipSyncPipeline:
         if info.is_image:
             still = next(iter(iter_frames(video, info=info)))
             return lambda _i: still
-        # Four blocks: a crossfade reads the clip's tail and head alternately, a pingpong turn reads backwards.
-        reader = stack.enter_context(FrameReader(video, info=info, max_blocks=4))
+        # Three cached blocks: a crossfade reads the clip's tail and head alternately (the tail may straddle
+        # two blocks), a pingpong turn reads backwards. Blocks are sized to about 32 MB of decoded frames.
+        frame_bytes = max(1, info.display_width * info.display_height * 3)
+        block = int(min(32, max(4, READER_BLOCK_BYTES // frame_bytes)))
+        reader = stack.enter_context(FrameReader(video, info=info, block=block, max_blocks=3))
         return reader.get
 
     @staticmethod
