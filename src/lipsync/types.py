@@ -61,10 +61,10 @@ class Box:
         """Grow by (top, bottom, left, right) pixels and clip to the frame, as integer pixels."""
         top, bottom, left, right = pads
         return Box(
-            float(max(0, int(round(self.x1 - left)))),
-            float(max(0, int(round(self.y1 - top)))),
-            float(min(width, int(round(self.x2 + right)))),
-            float(min(height, int(round(self.y2 + bottom)))),
+            float(max(0, round(self.x1 - left))),
+            float(max(0, round(self.y1 - top))),
+            float(min(width, round(self.x2 + right))),
+            float(min(height, round(self.y2 + bottom))),
         )
 
     def as_list(self) -> list[float]:
@@ -95,7 +95,7 @@ class Character:
     reference_images: tuple[Path, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrackPoint:
     frame: int
     box: Box
