@@ -399,3 +399,56 @@ def test_progress_can_cancel_and_leaves_no_partial_output(tmp_path, media):
         pipe(request, progress=cancel)
     assert list(tmp_path.iterdir()) == []  # neither the output nor its partial file
     assert threading.active_count() == before  # encoder and compositing threads are gone
+
+
+def test_track_only_helper(media):
+    pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(), face_backend=ColorFaceBackend())
+    tracked = pipe.track(media["two_faces"], [character("blue", media["blue_ref"])])
+    assert tracked.info.num_frames == 50 and len(tracked.tracks) == 1
+    assert all(tracked.tracks[0].get(i).box.iou(BLUE.box_at(i)) > 0.7 for i in range(50))
+    with pytest.raises(NoFaceFound, match="similarity_threshold"):
+        pipe.track(media["two_faces"], [character("green", media["green_ref"])])
+
+
+def test_new_audio_is_muxed_at_its_own_rate(tmp_path, media):
+    from lipsync.media import probe
+
+    audio = write_speechlike_wav(tmp_path / "a44.wav", 1.5, sample_rate=44100)
+    result, _ = run(tmp_path, media["one_face"], audio, IdentityGenerator(), loop_mode="none")
+    info = probe(result.output)
+    assert info.audio_sample_rate == 44100 and result.stats.frames == 38  # ceil(1.5 s * 25 fps)
+    frames, video_s, audio_s = stream_durations(result.output)
+    assert frames == 38 and abs(video_s - audio_s) <= 1 / FPS
+
+
+def test_rotated_video_is_processed_and_written_upright(tmp_path, media):
+    import av
+
+    from lipsync.media import iter_frames, probe
+    from pipeline_fixtures import render_synthetic_frame
+
+    # Stored sideways (portrait) with a display matrix: the pipeline works on, and writes, the upright picture.
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = H, W, "yuv420p"
+        stream.set_display_rotation(90)
+        for i in range(25):
+            upright = render_synthetic_frame(W, H, [RED], i)
+            frame = av.VideoFrame.from_ndarray(cv2.rotate(upright, cv2.ROTATE_90_CLOCKWISE), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert probe(path).rotation != 0
+    audio = write_speechlike_wav(tmp_path / "a1.wav", 1.0)
+    result, _ = run(tmp_path, path, audio, MouthMarkGenerator(), loop_mode="none", crf=LOSSLESS)
+    out_info = probe(result.output)
+    assert (out_info.display_width, out_info.display_height, out_info.rotation) == (W, H, 0)
+    out = decoded(result.output)
+    source = list(iter_frames(path))  # upright, as the pipeline saw them
+    for i in (0, 12, 24):
+        assert result.tracks[0].get(i).box.iou(RED.box_at(i)) > 0.7
+        changed = _changed(out[i], source[i])
+        zone = face_support(out[i].shape, [RED.box_at(i).padded(PADS, W, H)], dilate=3)
+        assert changed.sum() > 20 and not changed[~zone].any()

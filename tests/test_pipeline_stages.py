@@ -227,3 +227,21 @@ def test_sources_needed():
 
 def test_identity_double_satisfies_protocol():
     assert isinstance(IdentityGenerator(), MouthGenerator)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_wav2lip_fp16_on_cuda_matches_fp32_on_cpu():
+    from lipsync.nets import Wav2Lip
+
+    torch.manual_seed(0)
+    net = Wav2Lip()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    faces = np.random.default_rng(5).integers(0, 256, (8, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    mels = np.random.default_rng(6).uniform(-4, 4, (8, 80, 16)).astype(np.float32)
+    cpu = Wav2LipGenerator(net, "cpu", batch_size=8)(faces, mels)
+    net.load_state_dict(state)
+    gpu_gen = Wav2LipGenerator(net, "cuda", batch_size=8, fp16=True)
+    assert gpu_gen.dtype == torch.float16
+    gpu = gpu_gen(faces, mels)
+    assert np.abs(cpu.astype(int) - gpu.astype(int)).mean() < 2.0

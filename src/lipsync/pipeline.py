@@ -2,17 +2,19 @@
 
 ``LipSyncPipeline.__call__`` reads top to bottom as numbered steps:
 
-1. check the inputs (errors name the offending field);
+1. check the inputs (errors name the offending field) and load the models, so a missing one fails fast;
 2. probe the video, decode the audio, plan the loop, and take one mel window per output frame;
 3. track the characters over the *source* frames the plan uses (once, not per loop pass);
 4. in bounded batches of output frames: render the plan frame (crossfades blended here, before generation),
    crop each tracked face, run Wav2Lip, paste the mouth back (Poisson, feathered fallback), and optionally
    enhance the synced faces with GFPGAN;
-5. encode each batch as it is finished, with the new audio trimmed or padded to the video;
+5. encode each batch as it is finished, on a worker thread (x264 overlaps the next batch), with the new
+   audio trimmed or padded to the video;
 6. return the output path with statistics.
 
-Memory is bounded by the batch size, never by the video's length. Models are loaded on first use and kept on
-the pipeline, so one pipeline serves many requests; everything about a request stays local to the call.
+Memory is bounded by the batch size and a few cached decode blocks, never by the video's length. Models are
+loaded on first use and kept on the pipeline, so one pipeline serves many requests; everything about a
+request stays local to the call.
 """
 
 from __future__ import annotations
