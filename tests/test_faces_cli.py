@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from conftest import shared_file
 from lipsync.cli import cli
-from lipsync.cli.track import parse_character_specs
+from lipsync.cli._common import parse_character_specs
 
 W, H, N = 320, 240, 30
 

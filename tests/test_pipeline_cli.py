@@ -82,7 +82,7 @@ def test_missing_audio_and_reference_image(tmp_path, inputs, offline_env, monkey
         "--out", str(tmp_path / "o.mp4"), "--character", f"bob:Bob:{tmp_path / 'bob.jpg'}",
     )  # fmt: skip
     line = _one_error_line(err)
-    assert code == 2 and "[characters]" in line and "bob.jpg" in line
+    assert code == 2 and "--character" in line and "bob.jpg" in line and "does not exist" in line
 
 
 def test_malformed_character_option(tmp_path, inputs, offline_env, monkeypatch, capsys):

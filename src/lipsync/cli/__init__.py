@@ -52,6 +52,11 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # One line, like every other error: what was wrong, and where to look.
+        command = exc.ctx.command_path if exc.ctx else "lipsync"
+        click.echo(f"error (usage): {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

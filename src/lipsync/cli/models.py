@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
 
+from lipsync.cli._common import ProgressBar
 from lipsync.config import Settings
 from lipsync.errors import ModelError
-from lipsync.models.download import ProgressCallback
 from lipsync.models.store import ModelStatus, ModelStore
 
 _STATE_COLOURS = {"verified": "green", "present": "yellow", "missing": "red", "corrupt": "red"}
@@ -49,29 +47,6 @@ def _print_table(rows: list[ModelStatus]) -> None:
             click.echo(f"{'':<{name_w}}  {row.detail}")
 
 
-@contextmanager
-def _tqdm_progress(label: str) -> Iterator[ProgressCallback]:
-    """A tqdm bar that appears with the first byte (so present or refused files print no empty bar)."""
-    from tqdm import tqdm
-
-    bars: list[tqdm] = []
-
-    def update(done: int, total: int | None) -> None:
-        if not bars:
-            bars.append(tqdm(desc=label, unit="B", unit_scale=True, unit_divisor=1024, total=total))
-        bar = bars[0]
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        for bar in bars:
-            bar.close()
-
-
 @click.group()
 def models() -> None:
     """Model files: list, download, verify."""
@@ -102,7 +77,8 @@ def download_models(names: tuple[str, ...], all_: bool) -> None:
     failed: list[str] = []
     for name in names or tuple(store.catalog):
         try:
-            with _tqdm_progress(name) as progress:
+            with ProgressBar(unit="B") as bar:
+                progress = bar.for_label(name)
                 path = store.ensure(name, progress=progress)
         except ModelError as exc:
             failed.append(name)

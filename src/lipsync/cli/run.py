@@ -4,94 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import click
 
+from lipsync.cli._common import ProgressBar, parse_character_specs
 from lipsync.config import Settings
-from lipsync.errors import InputError
-from lipsync.types import DEFAULT_PADS, DEVICE_CHOICES, LOOP_MODES, Character
+from lipsync.types import DEFAULT_PADS, DEVICE_CHOICES, LOOP_MODES
 
-
-def parse_characters(values: tuple[str, ...]) -> tuple[Character, ...]:
-    """``ID:NAME:IMAGE`` strings -> characters; repeating an ID adds reference images to that character."""
-    order: list[str] = []
-    names: dict[str, str] = {}
-    images: dict[str, list[Path]] = {}
-    for value in values:
-        parts = value.split(":", 2)
-        if len(parts) != 3 or not parts[0] or not parts[2]:
-            raise InputError(f"--character must look like ID:NAME:IMAGE, got {value!r}", field="characters")
-        cid, name, image = parts
-        if cid not in names:
-            order.append(cid)
-            names[cid] = name or cid
-            images[cid] = []
-        images[cid].append(Path(image))
-    return tuple(Character(cid, names[cid], tuple(images[cid])) for cid in order)
-
-
-class _Bars:
-    """One tqdm bar per pipeline stage, driven by the pipeline's (stage, done, total) callback."""
-
-    _LABELS: ClassVar[dict[str, str]] = {
-        "prepare": "prepare",
-        "track": "tracking faces",
-        "lipsync": "lip-syncing",
-        "encode": "finishing",
-    }
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.stage: str | None = None
-        self.bar = None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            self.bar = tqdm(
-                total=total or None, desc=self._LABELS.get(stage, stage), unit="frame", leave=True
-            )
-        if self.bar is not None:
-            if total and self.bar.total != total:
-                self.bar.total = total
-            self.bar.n = done
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class _DownloadBar:
-    """A byte progress bar for one model download, opened on the first byte (nothing shows for files
-    already present or when the download is refused)."""
-
-    def __init__(self, name: str, enabled: bool) -> None:
-        self.name, self.enabled, self.bar = name, enabled, None
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=f"downloading {self.name}", unit="B", unit_scale=True, unit_divisor=1024)
-        if total is not None and self.bar.total != total:
-            self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+_STAGE_LABELS = {
+    "prepare": "prepare",
+    "track": "tracking faces",
+    "lipsync": "lip-syncing",
+    "encode": "finishing",
+}
 
 
 @click.command("run")
@@ -153,7 +78,7 @@ def run(
         video=video,
         audio=audio,
         output=output,
-        characters=parse_characters(characters),
+        characters=parse_character_specs(characters),
         loop_mode=loop_mode,  # type: ignore[arg-type]  # click.Choice(LOOP_MODES) guarantees it
         crossfade_frames=crossfade_frames,
         enhance=enhance,
@@ -165,18 +90,12 @@ def run(
     # Bad inputs fail in a second, before any model is downloaded or loaded.
     check_request(request)
     pipeline = LipSyncPipeline(settings)
-    for name in pipeline.required_models(enhance):
-        bar = _DownloadBar(name, progress)
-        try:
-            pipeline.store.ensure(name, progress=bar)
-        finally:
-            bar.close()
+    with ProgressBar(progress, unit="B") as downloads:
+        for name in pipeline.required_models(enhance):
+            pipeline.store.ensure(name, progress=downloads.for_label(f"downloading {name}"))
 
-    bars = _Bars(progress)
-    try:
-        result = pipeline(request, progress=bars)
-    finally:
-        bars.close()
+    with ProgressBar(progress, labels=_STAGE_LABELS) as bars:
+        result = pipeline(request, progress=bars.update)
 
     stats = result.stats
     if stats_path is not None:

@@ -3,74 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
+from lipsync.cli._common import ProgressBar, parse_character_specs
 from lipsync.config import Settings
-from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS, Character
-
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Character, ...]:
-    """``ID:NAME:IMAGE`` strings -> characters. The image part may itself contain ':' (Windows drive
-    letters); repeating an ID adds another reference image to that character. Raises click.BadParameter
-    naming the offending value."""
-    order: list[str] = []
-    names: dict[str, str] = {}
-    images: dict[str, list[Path]] = {}
-    for value in values:
-        parts = value.split(":", 2)
-        if len(parts) != 3:
-            raise click.BadParameter(
-                f"{value!r} is not ID:NAME:IMAGE (e.g. host:Jane Doe:refs/jane.jpg)", param_hint="--character"
-            )
-        cid, name, image = (p.strip() for p in parts)
-        if not _ID.match(cid):
-            raise click.BadParameter(
-                f"{value!r}: the ID must be 1-64 letters, digits, '_', '.' or '-'", param_hint="--character"
-            )
-        if not image:
-            raise click.BadParameter(f"{value!r}: the IMAGE part is empty", param_hint="--character")
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise click.BadParameter(
-                f"{value!r}: reference image {path} does not exist", param_hint="--character"
-            )
-        name = name or cid
-        if cid in names:
-            if name != names[cid] and name != cid:
-                raise click.BadParameter(
-                    f"{value!r}: character {cid!r} was already named {names[cid]!r}", param_hint="--character"
-                )
-        else:
-            order.append(cid)
-            names[cid] = name
-            images[cid] = []
-        images[cid].append(path)
-    return tuple(Character(cid, names[cid], tuple(images[cid])) for cid in order)
-
-
-class _Bar:
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label, self.enabled, self.bar = label, enabled, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total or None, desc=self.label, unit="frame", leave=False)
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
 
 
 @click.command("track")
@@ -155,23 +94,18 @@ def track(
         sample_every=sample_every,
         shot_change_threshold=shot_threshold,
     )
-    bar = _Bar("tracking", progress)
-    try:
+    with ProgressBar(progress) as bar:
         tracks = track_characters(
-            iter_frames(video, info=info), faces, chars, options, num_frames=info.num_frames, progress=bar
-        )
-    finally:
-        bar.close()
-
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(tracks_to_json(tracks, info.fps, info.num_frames), indent=1) + "\n")
-    if out is not None:
-        bar = _Bar("rendering", progress)
-        try:
-            render_tracking(video, tracks, out, info=info, progress=bar)
-        finally:
-            bar.close()
+            iter_frames(video, info=info), faces, chars, options, num_frames=info.num_frames,
+            progress=bar.for_label("tracking"),
+        )  # fmt: skip
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(
+                json.dumps(tracks_to_json(tracks, info.fps, info.num_frames), indent=1) + "\n"
+            )
+        if out is not None:
+            render_tracking(video, tracks, out, info=info, progress=bar.for_label("rendering"))
 
     if not tracks:
         click.echo(f"no face found in {video.name} ({info.num_frames} frames)")
