@@ -305,3 +305,15 @@ def test_fp16_on_cuda(tmp_path):
     path = _save(original.state_dict(), tmp_path / "t.pth", fmt="zip", prefix=False, container="bare")
     module = prepare_module(load_into(Tiny(), path), "cuda", fp16=True)
     assert module.conv.weight.dtype == torch.float16 and module.conv.weight.is_cuda
+
+
+def test_channels_last_on_gfpgan_keeps_5d_weights_and_converts_4d():
+    """GFPGAN holds 5-D modulated-conv weights, which module.to(memory_format=channels_last) refuses."""
+    from lipsync.models.device import prepare_module
+    from lipsync.nets import NETWORKS
+
+    torch.manual_seed(0)
+    net = prepare_module(NETWORKS["gfpgan_v1.4"](), "cpu", channels_last=True)
+    four_d = [p for p in net.parameters() if p.dim() == 4]
+    assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    assert any(p.dim() == 5 for p in net.parameters())

@@ -60,7 +60,10 @@ def prepare_module(
     if use_fp16(device, fp16):
         module = module.half()
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        # Not module.to(memory_format=...): that refuses GFPGAN's 5-D modulated-conv weights.
+        from lipsync.nets import to_channels_last
+
+        module = to_channels_last(module)
     module.eval()
     module.requires_grad_(False)
     return module
