@@ -31,7 +31,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from _common import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -48,17 +49,6 @@ PHOTO = SHARED / "media" / "obama_biden_two_people.jpg"
 FACE_PHOTO = SHARED / "media" / "obama.jpg"
 SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 25.0
-
-
-def _peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss can carry the parent's peak across fork+exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _scrfd():
@@ -247,7 +237,7 @@ def rss_child(minutes: float) -> None:
     first = next(synthetic_frames(160, 120, 1, 60))
     faces = backend.detect(first)
     ref = CharacterRef("face", "face", backend.embed(first, faces[0]))
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mb()
     t0 = time.perf_counter()
     tracks = track_characters(
         synthetic_frames(160, 120, count, 60),
@@ -256,7 +246,7 @@ def rss_child(minutes: float) -> None:
         options=TrackingOptions(sample_every=10),
     )
     dt = time.perf_counter() - t0
-    print(json.dumps({"frames": count, "seconds": dt, "peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": baseline,
+    print(json.dumps({"frames": count, "seconds": dt, "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline,
                       "points": len(tracks[0])}))  # fmt: skip
 
 

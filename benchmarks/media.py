@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,23 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import peak_rss_mb
+
 RESULTS = Path(__file__).resolve().parent / "results" / "media.json"
 FPS = Fraction(25)
 SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 RSS_SIZE = (320, 180)
 RSS_LIMIT = 1.2
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM belongs to the current address space, so unlike ru_maxrss (which
-    Linux carries across fork+exec from the parent) it is the child's own peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _frames(width: int, height: int, count: int):
@@ -86,7 +75,7 @@ def _row(kind: str, res: str, frames: int, seconds: float, **extra) -> dict:
         "seconds": round(seconds, 3),
         "fps": round(fps, 1),
         "realtime": round(fps / float(FPS), 2),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         **extra,
     }
 
@@ -141,7 +130,7 @@ def rss_child(clip: Path, out: Path) -> dict:
     """Run in a fresh process: decode ``clip`` and re-encode it, reporting this process's peak RSS."""
     from lipsync.media import VideoWriter, iter_frames, probe
 
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mb()
     info = probe(clip)
     start = time.perf_counter()
     with VideoWriter(out, info.width, info.height, info.fps, crf=23, preset="ultrafast") as writer:
@@ -155,7 +144,7 @@ def rss_child(clip: Path, out: Path) -> dict:
         "fps": round(writer.frames_written / seconds, 1),
         "realtime": round(info.video_duration / seconds, 2),
         "baseline_rss_mb": round(baseline, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from _common import peak_rss_mb
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nets.json"
 VIDEO_FPS = 25.0  # realtime factor = items/s / 25: one face per frame of 25 fps video
@@ -83,18 +84,6 @@ def gflops_per_item(net: str) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM restarts at exec; getrusage's ru_maxrss can carry the peak of the
-    parent that forked us, so prefer VmHWM where /proc has it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_case(case: dict) -> dict:
     """Runs in the child process: time one (net, device, dtype, batch, memory format)."""
     from lipsync.nets import to_channels_last
@@ -132,7 +121,7 @@ def run_case(case: dict) -> dict:
         "items_per_s": case["batch"] / best,
         "items_per_s_median": case["batch"] / statistics.median(times),
         "realtime_factor_25fps": case["batch"] / best / VIDEO_FPS,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "sgemm_cpu_gflops": sgemm,
     }
     if device.type == "cuda":

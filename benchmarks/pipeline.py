@@ -14,7 +14,7 @@ Faces: the dlib backend (offline, real detection and recognition). Networks: the
 v1.4 architectures with seeded random weights (speed does not depend on the weights; the real files cannot
 be downloaded here). CUDA rows are added when torch sees a GPU.
 
-Every row runs in its own subprocess, so its peak RSS (ru_maxrss) is its own.
+Every row runs in its own subprocess, so its peak RSS (VmHWM) is its own.
 
 Usage: .venv/bin/python benchmarks/pipeline.py [--quick] [--enhance-seconds S] [--cases chaplin,synthetic720]
 Writes benchmarks/results/pipeline.json.
@@ -26,12 +26,13 @@ import argparse
 import json
 import math
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.json"
@@ -145,7 +146,7 @@ def run_case(spec: dict) -> dict:
     )
     result = pipe(request)
     stats = result.stats.to_dict()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = peak_rss_mb()
     row = {
         "case": spec["case"],
         "device": spec["device"],
@@ -163,7 +164,7 @@ def run_case(spec: dict) -> dict:
         "poisson": stats["poisson"],
         "feather": stats["feather"],
         "faces_synced": stats["faces_synced"],
-        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "peak_rss_mb": round(peak_mb, 1),
         "torch_threads": torch.get_num_threads(),
     }
     return row

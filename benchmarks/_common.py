@@ -1,0 +1,23 @@
+"""Helpers every benchmark shares."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS in MiB.
+
+    VmHWM belongs to the current address space, so it is the process's own peak; getrusage's ru_maxrss
+    is carried across fork+exec on Linux, so a child started by a big parent would report the parent's.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
