@@ -134,6 +134,8 @@ CORPUS = [
          body=lambda a: _body(a, similarity_threshold=1.5)),
     Case("temporal_smoothing negative", 422, "validation_error", "temporal_smoothing",
          body=lambda a: _body(a, temporal_smoothing=-0.1)),
+    Case("temporal_smoothing over 1", 422, "validation_error", "temporal_smoothing",
+         body=lambda a: _body(a, temporal_smoothing=1.5)),
     Case("crossfade_frames huge", 422, "validation_error", "crossfade_frames",
          body=lambda a: _body(a, crossfade_frames=100000)),
     Case("pads of length 3", 422, "validation_error", "pads", body=lambda a: _body(a, pads=[0, 20, 0])),

@@ -86,7 +86,7 @@ class FaceTrackingIn(_Strict):
         description="Characters to track; empty: the most prominent face, as id 'face'.",
     )
     similarity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Face matching threshold (0-1).")
-    temporal_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Box smoothing factor (0-1).")
+    temporal_smoothing: float = Field(0.3, ge=0.0, le=1.0, description="Box smoothing factor (0-1).")
     upload_url: str | None = Field(None, description="Presigned URL to PUT the visualization MP4 to.")
     webhook_url: str | None = Field(None, description="POSTed the job's final state (async jobs).")
     async_: bool = Field(False, alias="async", description="Answer 202 with a job id instead of waiting.")
@@ -125,7 +125,7 @@ class LipSyncIn(_Strict):
     enhance_quality: bool = Field(True, description="Apply GFPGAN face enhancement.")
     loop_mode: LoopMode = Field("crossfade", description="How to handle audio longer than the video.")
     crossfade_frames: int = Field(10, ge=0, le=250, description="Frames to blend at a loop boundary.")
-    temporal_smoothing: float = Field(0.3, ge=0.0, lt=1.0, description="Box smoothing factor (0-1).")
+    temporal_smoothing: float = Field(0.3, ge=0.0, le=1.0, description="Box smoothing factor (0-1).")
     pads: list[int] = Field(
         list(DEFAULT_PADS), min_length=4, max_length=4,
         description="Face box padding in pixels: top, bottom, left, right (each 0-512).",
