@@ -17,6 +17,7 @@ from lipsync.api.fetch import Fetcher, FetchLimits, sniff
 from lipsync.api.netguard import address_problem, check_url, check_url_syntax, redact
 from lipsync.api.schemas import LipSyncIn
 from lipsync.api.upload import Uploader
+from lipsync.config import Settings
 from lipsync.errors import (
     DownloadTooLarge,
     FetchError,
@@ -345,3 +346,26 @@ def test_brief_defaults() -> None:
     assert (req.similarity_threshold, req.enhance_quality, req.loop_mode, req.crossfade_frames,
             req.temporal_smoothing, req.pads, req.async_) == (0.5, True, "crossfade", 10, 0.3, [0, 20, 0, 0], False)
     assert LipSyncIn.model_validate({"video_url": "http://a/v", "audio_url": "http://a/a", "async": True}).async_
+
+
+def test_engine_spreads_jobs_over_devices_least_busy_first():
+    from lipsync.jobs.engine import PipelineEngine, engine_devices
+
+    assert engine_devices(Settings(device="cpu")) == ["cpu"]
+    engine = PipelineEngine(Settings(device="cpu"), devices=["cpu", "cpu"])
+    assert len(engine.pipelines) == 2 and engine.pipelines[1].store is engine.pipelines[0].store
+    with engine.acquire() as first, engine.acquire() as second:
+        assert first is not second
+        with engine.acquire() as third:  # both busy once: back to the first
+            assert third is first
+    with engine.acquire() as again:
+        assert again is engine.pipelines[0]
+
+
+def test_pipelines_share_one_face_backend():
+    from lipsync.pipeline import LipSyncPipeline
+
+    backend = object()
+    other = LipSyncPipeline(Settings(device="cpu"), device="cpu")
+    other.share_face_backend(backend)
+    assert other.get_face_backend() is backend and other.face_backend_loaded

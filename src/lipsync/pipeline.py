@@ -404,8 +404,12 @@ class LipSyncPipeline:
         enhancer: FaceEnhancer | FaceRestorer | None = None,
         face_backend: FaceBackend | None = None,
         store: ModelStore | None = None,
+        device: str | None = None,
     ) -> None:
+        """``device`` (e.g. ``"cuda:1"``) overrides ``settings.device`` for the torch networks, so a server
+        can keep one pipeline per GPU."""
         self.settings = settings
+        self.device = device or settings.device
         self._store = store
         self._generator = generator
         self._enhancer = self._as_enhancer(enhancer) if enhancer is not None else None
@@ -447,6 +451,12 @@ class LipSyncPipeline:
             names.append("buffalo_l")
         return names
 
+    def share_face_backend(self, backend: FaceBackend) -> None:
+        """Use another pipeline's face backend instead of loading a second copy."""
+        with self._lock:
+            if self._face_backend is None:
+                self._face_backend = backend
+
     def load_models(self, enhance: bool = True) -> None:
         self.get_face_backend()
         self.get_generator()
@@ -456,7 +466,7 @@ class LipSyncPipeline:
     def get_generator(self) -> MouthGenerator:
         with self._lock:
             if self._generator is None:
-                device = resolve_device(self.settings.device)
+                device = resolve_device(self.device)
                 name = self.settings.wav2lip_model
                 path = self.store.ensure(name)
                 log.info("loading %s from %s on %s", name, path, device)
@@ -469,7 +479,7 @@ class LipSyncPipeline:
     def get_enhancer(self) -> FaceEnhancer:
         with self._lock:
             if self._enhancer is None:
-                device = resolve_device(self.settings.device)
+                device = resolve_device(self.device)
                 path = self.store.ensure("gfpgan_v1.4")
                 log.info("loading gfpgan_v1.4 from %s on %s", path, device)
                 if device.type == "cpu":

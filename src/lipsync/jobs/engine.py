@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,24 +145,64 @@ class ModelGate:
             raise exc
 
 
+def engine_devices(settings: Settings) -> list[str]:
+    """The torch devices the server spreads jobs over: every visible GPU when the device setting allows
+    CUDA and several are present, else the one device the setting names."""
+    import torch
+
+    if settings.device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [settings.device]
+
+
 class PipelineEngine:
     """The real engine: lipsync.pipeline for lip-sync, its tracker plus lipsync.faces' renderer for
-    /face-tracking. One pipeline (so one copy of each model) serves every worker."""
+    /face-tracking. One pipeline (one copy of the torch models) per device, shared by that device's
+    workers; each job goes to the least busy device. The face backend is shared by all of them."""
 
-    def __init__(self, settings: Settings, **pipeline_kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *, devices: list[str] | None = None, **pipeline_kwargs: Any) -> None:
         from lipsync.pipeline import LipSyncPipeline
 
         self.settings = settings
-        self.pipeline = LipSyncPipeline(settings, **pipeline_kwargs)
+        self.devices = devices or engine_devices(settings)
+        first = LipSyncPipeline(settings, device=self.devices[0], **pipeline_kwargs)
+        shared = {**pipeline_kwargs, "store": first.store}
+        self.pipelines = [first] + [
+            LipSyncPipeline(settings, device=device, **shared) for device in self.devices[1:]
+        ]
+        self._active = [0] * len(self.pipelines)
+        self._busy_lock = threading.Lock()
+
+    @property
+    def pipeline(self):
+        """The first device's pipeline (tracking-only work uses it)."""
+        return self.pipelines[0]
+
+    @contextmanager
+    def acquire(self) -> Iterator[Any]:
+        """The least busy device's pipeline, counted busy until the block ends."""
+        with self._busy_lock:
+            index = min(range(len(self.pipelines)), key=self._active.__getitem__)
+            self._active[index] += 1
+        try:
+            yield self.pipelines[index]
+        finally:
+            with self._busy_lock:
+                self._active[index] -= 1
 
     def load(self) -> None:
-        self.pipeline.load_models(enhance=True)
+        first = self.pipelines[0]
+        first.load_models(enhance=True)
+        for other in self.pipelines[1:]:
+            # Face analysis runs on onnxruntime, not torch: one backend serves every device's pipeline.
+            other.share_face_backend(first.get_face_backend())
+            other.load_models(enhance=True)
 
     def models_loaded(self) -> dict[str, bool]:
         return {
-            "insightface": self.pipeline.face_backend_loaded,
-            "wav2lip": self.pipeline.generator_loaded,
-            "gfpgan": self.pipeline.enhancer_loaded,
+            "insightface": all(p.face_backend_loaded for p in self.pipelines),
+            "wav2lip": all(p.generator_loaded for p in self.pipelines),
+            "gfpgan": all(p.enhancer_loaded for p in self.pipelines),
         }
 
     def device_info(self) -> dict[str, Any]:
@@ -183,7 +224,8 @@ class PipelineEngine:
             pads=inputs.pads,
             batch_size=inputs.batch_size,
         )
-        result = self.pipeline(request, progress)
+        with self.acquire() as pipeline:
+            result = pipeline(request, progress)
         return EngineOutput(out=result.output, duration=float(result.stats.duration_s),
                             stats=result.stats.to_dict())
 
