@@ -26,6 +26,11 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 
 VIDEO_HINT = "Give a video (mp4, mov, mkv, webm) or an image (jpg, png, webp)."
 AUDIO_HINT = "Give an audio file (wav, mp3, m4a, flac, ogg, opus) or a video with sound."
+# For a file that is not media at all, where we cannot tell whether it was meant as video or audio.
+ANY_MEDIA_HINT = (
+    "lipsync reads videos (mp4, mov, mkv, webm), images (jpg, png, webp) and audio "
+    "(wav, mp3, m4a, flac, ogg, opus)."
+)
 
 
 def display_name(path: Path) -> str:
@@ -88,8 +93,7 @@ def open_input(path: str | os.PathLike[str]) -> av.container.InputContainer:
                 "truncated or damaged (an interrupted upload or download); re-export or re-download it."
             ) from exc
         raise NotAMediaFile(
-            f"{display_name(p)} is not a media file FFmpeg can read.{_describe_head(head)} "
-            f"{VIDEO_HINT} {AUDIO_HINT}"
+            f"{display_name(p)} is not a media file FFmpeg can read.{_describe_head(head)} {ANY_MEDIA_HINT}"
         ) from exc
 
 

@@ -15,7 +15,14 @@ import av.stream
 import numpy as np
 
 from lipsync.errors import CorruptMedia, MediaTooLarge, NoAudioStream, NoVideoStream
-from lipsync.media._open import AUDIO_HINT, VIDEO_HINT, corrupt_partway, display_name, open_input
+from lipsync.media._open import (
+    ANY_MEDIA_HINT,
+    AUDIO_HINT,
+    VIDEO_HINT,
+    corrupt_partway,
+    display_name,
+    open_input,
+)
 
 DEFAULT_IMAGE_FPS = Fraction(25)
 
@@ -257,7 +264,7 @@ def probe(
         astream = pick_audio_stream(container)
         if vstream is None and astream is None:
             raise NoVideoStream(
-                f"{display_name(p)} has neither a video nor an audio stream. {VIDEO_HINT} {AUDIO_HINT}"
+                f"{display_name(p)} has neither a video nor an audio stream. {ANY_MEDIA_HINT}"
             )
         container_duration = container.duration / av.time_base if container.duration else None
 
