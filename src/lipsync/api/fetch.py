@@ -130,7 +130,9 @@ def _human(n: int) -> str:
     return str(n)
 
 
-class Fetcher:
+class GuardedHTTP:
+    """What downloads and uploads share: the limits, SSRF-guarded clients, and the URL check."""
+
     def __init__(self, limits: FetchLimits, *, allow_private: bool) -> None:
         self.limits = limits
         self.allow_private = allow_private
@@ -143,6 +145,9 @@ class Fetcher:
 
     def check(self, url: str, field: str) -> None:
         check_url(url, allow_private=self.allow_private, field=field)
+
+
+class Fetcher(GuardedHTTP):
 
     def download(self, url: str, dest_stem: Path, *, kind: InputKind, field: str,
                  check_stop: Callable[[], None] | None = None) -> Path:

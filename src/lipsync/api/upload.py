@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from lipsync.api.fetch import REDIRECTS, FetchLimits
-from lipsync.api.netguard import check_url, guarded_client, redact
+from lipsync.api.fetch import REDIRECTS, GuardedHTTP
+from lipsync.api.netguard import redact
 from lipsync.errors import UploadError, UploadRejected
 
 log = logging.getLogger(__name__)
@@ -42,19 +41,9 @@ def _s3_reason(body: str) -> str:
     return text
 
 
-class Uploader:
-    def __init__(self, limits: FetchLimits, *, allow_private: bool) -> None:
-        self.limits = limits
-        self.allow_private = allow_private
-        self._ssl: ssl.SSLContext | None = None
-
-    def client(self) -> httpx.Client:
-        if self._ssl is None:
-            self._ssl = httpx.create_ssl_context()  # once: loading the CA bundle is slow
-        return guarded_client(allow_private=self.allow_private, timeout=self.limits.timeout(), ssl_context=self._ssl)
-
+class Uploader(GuardedHTTP):
     def check(self, url: str, field: str = "upload_url") -> None:
-        check_url(url, allow_private=self.allow_private, field=field)
+        super().check(url, field)
 
     def upload(self, path: Path, url: str, *, content_type: str = "video/mp4", field: str = "upload_url") -> int:
         """PUT ``path`` to ``url``; returns the HTTP status. Raises UploadRejected (4xx) or UploadError."""
