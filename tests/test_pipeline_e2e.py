@@ -421,6 +421,28 @@ def test_new_audio_is_muxed_at_its_own_rate(tmp_path, media):
     assert frames == 38 and abs(video_s - audio_s) <= 1 / FPS
 
 
+def test_stereo_dub_is_streamed_into_the_output_not_held(tmp_path, media):
+    from dataclasses import fields
+
+    from lipsync.media import decode_audio, probe
+    from lipsync.pipeline import _Job
+    from media_fixtures import write_audio
+
+    # The job keeps the mel only; the track to mux is read from the file while encoding (a long dub's
+    # waveform at 48 kHz stereo would be GBs).
+    assert [f.name for f in fields(_Job) if "ndarray" in str(f.type)] == ["mel"]
+    audio = tmp_path / "dub.m4a"
+    write_audio(audio, "ipod", "aac", "fltp", 48000, seconds=1.5, channels=2, stereo_right_gain=0.0)
+    result, _ = run(tmp_path, media["one_face"], audio, IdentityGenerator(), loop_mode="none")
+    info = probe(result.output)
+    assert (info.audio_sample_rate, info.audio_channels, result.stats.frames) == (48000, 2, 38)
+    frames, video_s, audio_s = stream_durations(result.output)
+    assert frames == 38 and abs(video_s - audio_s) <= 1 / FPS
+    # Left carries the tone, right was silent and stays so: the channels were kept, not mixed.
+    out = decode_audio(result.output, 48000, mono=False)
+    assert np.abs(out[4800:-4800, 0]).max() > 0.3 and np.abs(out[:, 1]).max() < 0.02
+
+
 def test_rotated_video_is_processed_and_written_upright(tmp_path, media):
     import av
 

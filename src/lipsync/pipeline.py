@@ -9,10 +9,12 @@
    crop each tracked face, run Wav2Lip, paste the mouth back (Poisson, feathered fallback), and optionally
    enhance the synced faces with GFPGAN;
 5. encode each batch as it is finished, on a worker thread (x264 overlaps the next batch), with the new
-   audio trimmed or padded to the video;
+   audio streamed from its file (at its own rate, up to 48 kHz, mono or stereo) and trimmed or padded to
+   the video;
 6. return the output path with statistics.
 
-Memory is bounded by the batch size and a few cached decode blocks, never by the video's length. Models are
+Memory is bounded by the batch size and a few cached decode blocks, never by the video's length; the new
+audio is held only as its mel spectrogram (the muxed track is streamed, never decoded whole). Models are
 loaded on first use and kept on the pipeline, so one pipeline serves many requests; everything about a
 request stays local to the call.
 """
@@ -39,7 +41,16 @@ from lipsync.audio import mel_batch, num_audio_frames, wav2lip_mel
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound, NoFaceFound
 from lipsync.faces import FaceBackend, TrackingOptions, create_face_backend, track_characters
-from lipsync.media import FrameReader, MediaInfo, MediaLimits, VideoWriter, decode_audio, iter_frames, probe
+from lipsync.media import (
+    AudioSource,
+    FrameReader,
+    MediaInfo,
+    MediaLimits,
+    VideoWriter,
+    decode_audio,
+    iter_frames,
+    probe,
+)
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.stages.composite import composite_face
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
@@ -225,7 +236,9 @@ class _Job:
     plan: Sequence[PlanFrame]
     needed: int  # leading source frames the plan uses (tracking reads only these)
     mel: np.ndarray  # (80, T) for the whole new audio
-    out_wav: np.ndarray  # the audio to mux
+    # The track to mux is re-read from this file while encoding, never held: a 3-hour dub at 48 kHz
+    # stereo would be GBs.
+    audio: Path
     out_rate: int
 
 
@@ -585,21 +598,21 @@ class LipSyncPipeline:
     def _plan(self, request: LipSyncRequest) -> _Job:
         video = Path(request.video)
         info = _probe_video(video, self.settings)
-        wav, out_wav, out_rate = self._load_audio(Path(request.audio))
-        mel = wav2lip_mel(wav, AUDIO_RATE)
+        audio = Path(request.audio)
+        mel, num_samples, out_rate = self._load_audio(audio)
         source_frames = 1 if info.is_image else info.num_frames
         if source_frames < 1:
             raise MediaError(f"{video.name} has no decodable video frames", field="video")
-        audio_frames = num_audio_frames(len(wav), AUDIO_RATE, info.fps)
+        audio_frames = num_audio_frames(num_samples, AUDIO_RATE, info.fps)
         # A still image (or a one-frame clip) is looped to the audio, whatever the loop mode says.
         mode: LoopMode = "repeat" if source_frames == 1 else request.loop_mode
         plan = plan_loop(source_frames, audio_frames, mode, request.crossfade_frames)
         needed = 1 if source_frames == 1 else sources_needed(plan)
         log.info(
             "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
-            video.name, source_frames, info.fps, len(wav) / AUDIO_RATE, len(plan), mode,
+            video.name, source_frames, info.fps, num_samples / AUDIO_RATE, len(plan), mode,
         )  # fmt: skip
-        return _Job(video, info, info.fps, source_frames, mode, plan, needed, mel, out_wav, out_rate)
+        return _Job(video, info, info.fps, source_frames, mode, plan, needed, mel, audio, out_rate)
 
     def _render(
         self, job: _Job, request: LipSyncRequest, tracks: list[Track], generator: MouthGenerator,
@@ -619,9 +632,11 @@ class LipSyncPipeline:
         try:
             with contextlib.ExitStack() as stack:
                 get_frame = self._frame_source(job.video, job.info, stack)
+                # Entered before the writer, so the stack closes it after the writer (whose close reads
+                # the rest of the audio it needs), on success and on error alike.
+                audio = stack.enter_context(self._open_audio(job.audio, job.out_rate))
                 writer = VideoWriter(
-                    partial, width, height, job.fps, crf=request.crf, preset=request.preset,
-                    audio=job.out_wav, audio_rate=job.out_rate,
+                    partial, width, height, job.fps, crf=request.crf, preset=request.preset, audio=audio,
                 )  # fmt: skip
                 stack.enter_context(writer)
                 encoder = _BackgroundEncoder(writer)
@@ -656,8 +671,13 @@ class LipSyncPipeline:
                 partial.unlink()
         report("encode", 1, 1)
 
-    def _load_audio(self, audio: Path) -> tuple[np.ndarray, np.ndarray, int]:
-        """16 kHz mono for the mel spectrogram, plus the track to mux (at the source rate, up to 48 kHz)."""
+    @staticmethod
+    def _load_audio(audio: Path) -> tuple[np.ndarray, int, int]:
+        """(mel spectrogram, 16 kHz sample count, rate to mux at: the source's, clamped to 16-48 kHz).
+
+        Only the mel outlives this call: the 16 kHz waveform is dropped here, and the track to mux is
+        streamed from the file by ``_open_audio`` while encoding.
+        """
         try:
             wav = decode_audio(audio, sample_rate=AUDIO_RATE)
             out_rate = AUDIO_RATE
@@ -665,10 +685,18 @@ class LipSyncPipeline:
                 native = probe(audio).audio_sample_rate
                 if native:
                     out_rate = int(min(MAX_OUTPUT_AUDIO_RATE, max(AUDIO_RATE, native)))
-            out_wav = wav if out_rate == AUDIO_RATE else decode_audio(audio, sample_rate=out_rate)
         except MediaError as exc:
             raise _with_field(exc, "audio") from None
-        return wav, out_wav, out_rate
+        return wav2lip_mel(wav, AUDIO_RATE), len(wav), out_rate
+
+    @staticmethod
+    def _open_audio(audio: Path, rate: int) -> AudioSource:
+        """The new audio, streamed at ``rate`` for the writer; mono or stereo as the source (surround is
+        folded to stereo). The caller closes it."""
+        try:
+            return AudioSource.open(audio, rate, mono=False)
+        except MediaError as exc:
+            raise _with_field(exc, "audio") from None
 
     @staticmethod
     def _frame_source(

@@ -1,4 +1,5 @@
-"""Media I/O with PyAV: probe, constant-frame-rate video decode, random access, audio decode, MP4 encode.
+"""Media I/O with PyAV: probe, constant-frame-rate video decode, random access, audio decode (whole or
+streamed), MP4 encode.
 
 No shell commands are built: PyAV's wheels carry FFmpeg (libx264, aac, libswresample) in-process.
 
@@ -9,7 +10,9 @@ Conventions:
 * video is decoded at a constant rate, ``MediaInfo.fps`` (the stream's average); frame *i* is the
   source frame showing at i/fps after the first frame, so VFR input is duplicated/dropped by timestamp;
 * ``VideoWriter`` pads odd sizes by one replicated row/column (yuv420p needs even sizes) and tags the
-  stream BT.709; its AAC track is cut or silence-padded to exactly frames / fps.
+  stream BT.709; its AAC track is cut or silence-padded to exactly frames / fps;
+* audio of any length can flow from a file to the writer through an ``AudioSource`` without ever being
+  held whole (``decode_audio`` is for when the whole array is needed, e.g. the mel spectrogram).
 """
 
 from lipsync.errors import (
@@ -23,13 +26,14 @@ from lipsync.errors import (
     NotAMediaFile,
     NoVideoStream,
 )
-from lipsync.media.audio import decode_audio
+from lipsync.media.audio import AudioSource, decode_audio, iter_audio
 from lipsync.media.decode import FrameReader, iter_frames, to_bgr
 from lipsync.media.encode import VideoWriter, even_size
 from lipsync.media.info import DEFAULT_IMAGE_FPS, MediaInfo, MediaLimits, probe
 
 __all__ = [
     "DEFAULT_IMAGE_FPS",
+    "AudioSource",
     "CorruptMedia",
     "EmptyAudio",
     "EncodeError",
@@ -45,6 +49,7 @@ __all__ = [
     "VideoWriter",
     "decode_audio",
     "even_size",
+    "iter_audio",
     "iter_frames",
     "probe",
     "to_bgr",

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from lipsync.errors import EncodeError
+from lipsync.media.audio import AudioSource
 
 _AUDIO_CHUNK = 4096  # samples handed to the AAC encoder at a time (it re-frames to 1024)
 _BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
@@ -32,9 +33,16 @@ def even_size(width: int, height: int) -> tuple[int, int]:
 class VideoWriter:
     """Write BGR frames one by one; the file is complete (and faststart) after ``close()``.
 
-    ``audio`` (float32 in [-1, 1], shape (n,) or (n, channels), at ``audio_rate``) is muxed as AAC and
-    trimmed or zero-padded to exactly frames_written / fps seconds. It is interleaved with the video
-    while frames are written, so the muxer never buffers the whole track.
+    ``audio`` is muxed as AAC and trimmed or zero-padded to exactly frames_written / fps seconds. It is
+    read sequentially and interleaved with the video while frames are written, so neither the writer
+    nor the muxer ever holds the whole track. It is either
+
+    * an ``AudioSource`` (e.g. ``AudioSource.open(path, rate, mono=False)``): streamed from the file,
+      memory bounded by one decoded chunk. Its owner closes it, after this writer is closed (closing
+      the writer reads the rest of the audio it needs); ``audio_rate``, if given, must equal its rate;
+    * an array (float32 in [-1, 1] or int16, shape (n,) or (n, channels), channels 1 or 2) at
+      ``audio_rate`` (16000 when not given): wrapped with ``AudioSource.from_array`` (no copy) and
+      released by the writer itself.
     """
 
     def __init__(
@@ -46,8 +54,8 @@ class VideoWriter:
         *,
         crf: int = 18,
         preset: str = "medium",
-        audio: np.ndarray | None = None,
-        audio_rate: int = 16000,
+        audio: np.ndarray | AudioSource | None = None,
+        audio_rate: int | None = None,
         audio_bitrate: int = 128_000,
         threads: int = 0,
     ) -> None:
@@ -62,8 +70,8 @@ class VideoWriter:
             raise ValueError("fps must be positive")
         self.frames_written = 0
         self._closed = False
-        self._audio = _as_planar(audio) if audio is not None else None
-        self._audio_rate = int(audio_rate)
+        self._audio, self._owns_audio = _audio_source(audio, audio_rate)
+        self._audio_rate = self._audio.rate if self._audio is not None else int(audio_rate or 16000)
         self._audio_sent = 0  # samples handed to the encoder so far (including padding)
 
         enc_w, enc_h = even_size(self.width, self.height)
@@ -87,7 +95,7 @@ class VideoWriter:
                 self._vstream.codec_context.thread_count = threads
             self._astream = None
             if self._audio is not None:
-                channels = self._audio.shape[0]
+                channels = self._audio.channels
                 self._astream = self._container.add_stream("aac", rate=self._audio_rate)
                 self._astream.codec_context.layout = "mono" if channels == 1 else "stereo"
                 self._astream.codec_context.bit_rate = audio_bitrate
@@ -138,10 +146,12 @@ class VideoWriter:
         # While streaming, hand over whole chunks only; at close, everything up to the exact target.
         while self._audio_sent < target and (final or target - self._audio_sent >= _AUDIO_CHUNK):
             n = min(_AUDIO_CHUNK, target - self._audio_sent)
-            chunk = self._audio[:, self._audio_sent : self._audio_sent + n]
+            # Read in step with the frames: only this chunk of the track is ever in memory here. What
+            # lies beyond the video's length is simply never read.
+            chunk = self._audio.read(n)
             if chunk.shape[1] < n:  # the audio ran out: pad with silence to the video's length
                 chunk = np.pad(chunk, ((0, 0), (0, n - chunk.shape[1])))
-            chunk = np.clip(chunk, -1.0, 1.0)  # per chunk: the caller's array is never copied whole
+            chunk = np.clip(chunk, -1.0, 1.0)  # a copy: never writes into the source's buffer
             af = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(chunk, dtype=np.float32),
                 format="fltp",
@@ -171,6 +181,13 @@ class VideoWriter:
         except av.FFmpegError as exc:
             self._abort()
             raise EncodeError(f"finishing {self.path.name} failed: {exc}") from exc
+        finally:
+            self._release_audio()
+
+    def _release_audio(self) -> None:
+        # Only a source this writer made from an array is its to close; a caller's source is the caller's.
+        if self._owns_audio and self._audio is not None:
+            self._audio.close()
 
     def _abort(self) -> None:
         """Drop a half-written file so nobody mistakes it for a result."""
@@ -179,6 +196,7 @@ class VideoWriter:
         if container is not None:
             with contextlib.suppress(Exception):
                 container.close()
+        self._release_audio()
         with contextlib.suppress(OSError):
             self.path.unlink()
 
@@ -192,19 +210,18 @@ class VideoWriter:
             self.close()
 
 
-def _as_planar(audio: np.ndarray) -> np.ndarray:
-    """(n,) or (n, channels) samples -> a (channels, n) view (float input is not copied)."""
-    a = np.asarray(audio)
-    if a.dtype == np.int16:
-        a = a.astype(np.float32) / 32768.0
-    elif not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"audio must be float32 in [-1, 1] or int16, got {a.dtype}")
-    if a.ndim == 1:
-        a = a[None, :]
-    elif a.ndim == 2:
-        if a.shape[1] > 2:
-            raise ValueError("audio must be mono or stereo: shape (n,) or (n, 1|2)")
-        a = a.T
-    else:
-        raise ValueError("audio must have shape (n,) or (n, channels)")
-    return a
+def _audio_source(
+    audio: np.ndarray | AudioSource | None, rate: int | None
+) -> tuple[AudioSource | None, bool]:
+    """The source to read and whether this writer owns it (True for an array it wrapped)."""
+    if audio is None:
+        return None, False
+    if isinstance(audio, AudioSource):
+        if audio.closed:
+            raise ValueError("audio source is closed")
+        if rate is not None and int(rate) != audio.rate:
+            raise ValueError(f"audio_rate {rate} differs from the audio source's rate {audio.rate}")
+        if audio.channels not in (1, 2):
+            raise ValueError(f"audio must be mono or stereo, the source has {audio.channels} channels")
+        return audio, False
+    return AudioSource.from_array(audio, int(rate or 16000)), True
