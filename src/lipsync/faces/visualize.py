@@ -101,30 +101,23 @@ def render_tracking(
 ) -> Path:
     """Write ``out`` (MP4): the frames of ``video`` with ``tracks`` drawn, at the source frame rate, with
     the source's audio (at its own rate, up to 48 kHz, channels kept) when it has any."""
-    from lipsync.media import VideoWriter, decode_audio, iter_frames, probe
+    from lipsync.media import AudioSource, VideoWriter, iter_frames, probe
 
     video, out = Path(video), Path(out)
     info = info or probe(video)
-    audio, rate = None, 16000
-    if keep_audio and info.has_audio:
-        rate = int(min(48000, max(16000, info.audio_sample_rate or 16000)))
-        try:
-            audio = decode_audio(video, sample_rate=rate, mono=False)
-        except MediaError as exc:  # a broken sound track should not stop the visual check
-            log.warning("tracking video without audio: %s", exc.message)
-            audio = None
     total = int(info.num_frames)
     with contextlib.ExitStack() as stack:
+        audio = None
+        if keep_audio and info.has_audio:
+            rate = int(min(48000, max(16000, info.audio_sample_rate or 16000)))
+            try:
+                # Streamed from the file, so a long video's sound track is never held whole.
+                audio = stack.enter_context(AudioSource.open(video, sample_rate=rate, mono=False))
+            except MediaError as exc:  # a broken sound track should not stop the visual check
+                log.warning("tracking video without audio: %s", exc.message)
         writer = stack.enter_context(
             VideoWriter(
-                out,
-                info.display_width,
-                info.display_height,
-                info.fps,
-                crf=crf,
-                preset=preset,
-                audio=audio,
-                audio_rate=rate,
+                out, info.display_width, info.display_height, info.fps, crf=crf, preset=preset, audio=audio
             )
         )
         for i, frame in enumerate(iter_frames(video, info=info)):
