@@ -205,6 +205,14 @@ class JobCancelled(JobError):
     http_status = 409
 
 
+class UploadLost(JobError):
+    """A queued job's uploaded input files are gone (the server restarted before it ran: scratch space
+    does not survive a restart); the client has to upload them again."""
+
+    code = "upload_lost"
+    http_status = 410
+
+
 class NotReady(LipSyncError):
     code = "not_ready"
     http_status = 503

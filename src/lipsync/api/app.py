@@ -21,7 +21,8 @@ from lipsync.api.auth import make_auth_dependency
 from lipsync.api.errors import error_response, install_error_handlers
 from lipsync.api.fetch import Fetcher, FetchLimits
 from lipsync.api.netguard import check_url
-from lipsync.api.routes import Waiters, build_routers, job_view
+from lipsync.api.receive import upload_body_limit
+from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers, job_view
 from lipsync.api.upload import Uploader
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
@@ -37,6 +38,7 @@ MAX_BODY_BYTES = 256 * 1024
 DESCRIPTION = """Lip-sync faces in a video to a new audio track (Wav2Lip + face tracking + optional GFPGAN).
 
 * `POST /lipsync` waits for the result; add `"async": true` (or use `POST /jobs`) for a job id to poll.
+* `POST /lipsync/upload` does the same with the files uploaded (multipart/form-data) instead of URLs.
 * Inputs are downloaded from http(s) URLs (private and loopback addresses are refused unless
   `LIPSYNC_ALLOW_PRIVATE_URLS=true`); the output MP4 is PUT to `upload_url`, or kept for
   `GET /jobs/{id}/result`.
@@ -141,12 +143,17 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     )
     install_error_handlers(app)
 
+    upload_limit = upload_body_limit(settings.max_download_bytes)
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
-        # Request bodies are small JSON documents; refuse big ones before reading them.
+        # Request bodies are small JSON documents; refuse big ones before reading them. The upload
+        # endpoint carries media: its cap is the sum of the per-file limits (each part is also checked,
+        # and the running total, while it streams in, for bodies sent without a Content-Length).
+        limit = upload_limit if request.url.path == UPLOAD_PATH else MAX_BODY_BYTES
         length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+        if length and (not length.isdigit() or int(length) > limit):
+            return error_response(413, "request_too_large", f"request body over {limit} bytes")
         return await call_next(request)
 
     public, private = build_routers(auth)

@@ -36,6 +36,23 @@ class ResultNotStored(LipSyncError):
     http_status = 404
 
 
+class RequestInvalid(LipSyncError):
+    """A request problem found by our own parsing (the multipart upload), reported like pydantic's."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class RequestTooLarge(LipSyncError):
+    code = "request_too_large"
+    http_status = 413
+
+
+class UnsupportedContentType(LipSyncError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}

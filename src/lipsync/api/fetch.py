@@ -91,6 +91,23 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def unacceptable(found: str | None, kind: InputKind) -> str | None:
+    """None when the sniffed type ``found`` is a valid ``kind`` input, else what it is, for a message."""
+    if found in _ACCEPT[kind]:
+        return None
+    if found == "html":
+        return "an HTML page"
+    if found == "text":
+        return "text"
+    if found is None:
+        return "data in no format we recognise"
+    return f"a {found} file"
+
+
+def expected(kind: InputKind) -> str:
+    return f"expected {'an' if kind in ('audio', 'image') else 'a'} {kind} file"
+
+
 @dataclass(frozen=True)
 class FetchLimits:
     max_bytes: int = 2 * 1024**3
@@ -122,7 +139,7 @@ class _Retry(Exception):
         self.reason = reason
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -218,7 +235,7 @@ class Fetcher(GuardedHTTP):
         declared = resp.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise DownloadTooLarge(
-                f"{field}: {where} is {_human(int(declared))}, over the {_human(limit)} limit", field=field
+                f"{field}: {where} is {human_size(int(declared))}, over the {human_size(limit)} limit", field=field
             )
         head = b""
         path: Path | None = None
@@ -230,7 +247,7 @@ class Fetcher(GuardedHTTP):
                     check_stop()
                 size += len(chunk)
                 if size > limit:
-                    raise DownloadTooLarge(f"{field}: {where} is over the {_human(limit)} limit", field=field)
+                    raise DownloadTooLarge(f"{field}: {where} is over the {human_size(limit)} limit", field=field)
                 if time.monotonic() > deadline:
                     raise FetchTimeout(
                         f"{field}: download of {where} took longer than {self.limits.total_timeout_s:g} s",
@@ -262,23 +279,14 @@ class Fetcher(GuardedHTTP):
         found = sniff(head)
         where = redact(str(resp.url))
         ctype = resp.headers.get("content-type", "unknown")
-        if found not in _ACCEPT[kind]:
-            if found == "html":
-                what = "an HTML page"
-            elif found == "text":
-                what = "text"
-            elif found is None:
-                what = "data in no format we recognise"
-            else:
-                what = f"a {found} file"
-            raise NotAMediaFile(
-                f"{field}: expected {'an' if kind in ('audio', 'image') else 'a'} {kind} file but {where} sent"
-                f" {what} (Content-Type {ctype})",
-                field=field,
-            )
+        what = unacceptable(found, kind)
+        if what is not None:
+            raise NotAMediaFile(f"{field}: {expected(kind)} but {where} sent {what} (Content-Type {ctype})",
+                                field=field)
         path = dest_stem.with_name(f"{dest_stem.name}.{found}")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path, open(path, "wb")
 
 
-__all__ = ["FetchLimits", "Fetcher", "InputKind", "UnsafeURL", "sniff"]
+__all__ = ["SNIFF_BYTES", "FetchLimits", "Fetcher", "InputKind", "UnsafeURL", "expected", "human_size", "sniff",
+           "unacceptable"]

@@ -25,13 +25,17 @@ from lipsync.api.schemas import (
     LipSyncIn,
     LipSyncOut,
 )
+from lipsync.api.upload_job import UPLOAD_DESCRIPTION, UPLOAD_OPENAPI, receive_and_submit
 from lipsync.jobs.models import JobRecord
+
+UPLOAD_PATH = "/lipsync/upload"
 
 ENDPOINTS = {
     "GET /health": "model loading status, GPU and queue",
     "GET /": "this information",
     "POST /face-tracking": "track characters; visualization video + tracks JSON",
     "POST /lipsync": "lip-sync a video to an audio (waits unless \"async\": true)",
+    "POST /lipsync/upload": "the same with uploaded files (multipart/form-data) instead of URLs",
     "POST /jobs": "queue a lip-sync job (202 + job id)",
     "GET /jobs/{id}": "job status, per-stage progress, result or error",
     "DELETE /jobs/{id}": "cancel a job",
@@ -179,6 +183,22 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
         `upload_url`. Waits for the result by default; with `"async": true` answers 202 with a job id."""
         record = await _submit(request, "lipsync", body)
         if body.async_:
+            return _accepted(record)
+        return await _finish_sync(request, record, ())
+
+    @private.post(
+        UPLOAD_PATH, summary="Lip-sync uploaded files", description=UPLOAD_DESCRIPTION,
+        responses={200: {"model": LipSyncOut}, 202: {"model": JobAccepted}, **_ERRORS,
+                   415: {"model": ErrorOut, "description": "Not multipart/form-data"}},
+        response_model=None, openapi_extra=UPLOAD_OPENAPI,
+    )
+    async def lipsync_upload(request: Request) -> JSONResponse:
+        # The body is parsed by hand (streamed to the job's scratch folder), so FastAPI reads none of it;
+        # the auth dependency has run by now, before any byte of the upload is read.
+        state = request.app.state.lipsync
+        state.gate.check_accepting()
+        record, async_ = await receive_and_submit(request, state)
+        if async_:
             return _accepted(record)
         return await _finish_sync(request, record, ())
 

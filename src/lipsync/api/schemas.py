@@ -36,6 +36,12 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _character_id(v: str) -> str:
+    if not _ID.match(v):
+        raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-' (starting alphanumeric)")
+    return v
+
+
 class _Strict(BaseModel):
     # Unknown fields are refused: a typo ("enhance" for "enhance_quality") must not silently use a default.
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -52,9 +58,7 @@ class CharacterIn(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-' (starting alphanumeric)")
-        return v
+        return _character_id(v)
 
     @field_validator("reference_image_url")
     @classmethod
@@ -62,7 +66,7 @@ class CharacterIn(_Strict):
         return _http_url(v)
 
 
-def _unique_ids(chars: list[CharacterIn]) -> list[CharacterIn]:
+def _unique_ids(chars: list[Any]) -> list[Any]:
     ids = [c.id for c in chars]
     if len(set(ids)) != len(ids):
         raise ValueError("character ids must be unique")
@@ -102,16 +106,23 @@ class FaceTrackingIn(_Strict):
         return _unique_ids(v)
 
 
-class LipSyncIn(_Strict):
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True,
-        json_schema_extra={"examples": [EXAMPLE_LIPSYNC, {**EXAMPLE_LIPSYNC, "async": True,
-                                                           "webhook_url": "https://example.com/hook",
-                                                           "enhance_quality": False, "loop_mode": "pingpong"}]},
-    )
+class _LipSyncInputURLs(_Strict):
+    """Where POST /lipsync downloads its media from; POST /lipsync/upload receives the files instead."""
 
     video_url: str = Field(..., description="http(s) URL of the input video (or a still image).")
     audio_url: str = Field(..., description="http(s) URL of the speech to lip-sync to.")
+
+    @field_validator("video_url", "audio_url")
+    @classmethod
+    def _input_urls(cls, v: str) -> str:
+        return _http_url(v)
+
+
+class _LipSyncOptions(_Strict):
+    """Every lip-sync setting that is not an input file: shared by POST /lipsync (JSON body) and
+    POST /lipsync/upload (the `options` part), so both validate the same way. Subclasses may narrow
+    ``characters`` to their own character type; the validators below apply to it either way."""
+
     upload_url: str | None = Field(
         None,
         description="Presigned URL the output MP4 is PUT to. Without it the result is kept for "
@@ -136,14 +147,14 @@ class LipSyncIn(_Strict):
     webhook_url: str | None = Field(None, description="POSTed the job's final state, signed (async jobs).")
     async_: bool = Field(False, alias="async", description="Answer 202 with a job id instead of waiting.")
 
-    @field_validator("video_url", "audio_url", "upload_url", "webhook_url")
+    @field_validator("upload_url", "webhook_url")
     @classmethod
     def _urls(cls, v: str | None) -> str | None:
         return v if v is None else _http_url(v)
 
     @field_validator("characters")
     @classmethod
-    def _chars(cls, v: list[CharacterIn]) -> list[CharacterIn]:
+    def _chars(cls, v: list) -> list:
         return _unique_ids(v)
 
     @field_validator("pads")
@@ -152,6 +163,71 @@ class LipSyncIn(_Strict):
         if any(p < 0 or p > 512 for p in v):
             raise ValueError("each pad must be between 0 and 512 pixels")
         return v
+
+
+# Base order matters: pydantic lists inherited fields from the last base first, so the URLs stay at the
+# top of LipSyncIn's schema as before.
+class LipSyncIn(_LipSyncOptions, _LipSyncInputURLs):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True,
+        json_schema_extra={"examples": [EXAMPLE_LIPSYNC, {**EXAMPLE_LIPSYNC, "async": True,
+                                                           "webhook_url": "https://example.com/hook",
+                                                           "enhance_quality": False, "loop_mode": "pingpong"}]},
+    )
+
+
+class UploadCharacterIn(_Strict):
+    """A character of POST /lipsync/upload: its reference photo(s) are uploaded `references` parts,
+    named here by their file names."""
+
+    id: str = CharacterIn.model_fields["id"]
+    name: str = CharacterIn.model_fields["name"]
+    reference: str | list[str] = Field(
+        ..., description="File name of an uploaded `references` part (or a list of them, several photos of "
+        "the same person).", examples=["speaker.jpg"],
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return _character_id(v)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str | list[str]) -> str | list[str]:
+        names = [v] if isinstance(v, str) else v
+        if not names:
+            raise ValueError("name at least one uploaded reference file")
+        if len(names) > 8:
+            raise ValueError("at most 8 reference files per character")
+        if any(not n for n in names):
+            raise ValueError("a reference file name cannot be empty")
+        return v
+
+    @property
+    def references(self) -> list[str]:
+        return [self.reference] if isinstance(self.reference, str) else list(self.reference)
+
+
+EXAMPLE_UPLOAD_OPTIONS = {
+    "characters": [{"id": "speaker", "name": "Main Speaker", "reference": "speaker.jpg"}],
+    "enhance_quality": True,
+    "loop_mode": "crossfade",
+    "async": False,
+}
+
+
+class LipSyncUploadOptions(_LipSyncOptions):
+    """The `options` part of POST /lipsync/upload: the settings of POST /lipsync without the input URLs."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+                              json_schema_extra={"examples": [EXAMPLE_UPLOAD_OPTIONS]})
+
+    characters: list[UploadCharacterIn] = Field(  # type: ignore[assignment]  # narrowed on purpose
+        default_factory=list, max_length=16,
+        description="Characters to lip-sync, each naming its uploaded reference file(s); empty: the most "
+        "prominent face.",
+    )
 
 
 # --- responses ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from lipsync.api.fetch import Fetcher
 from lipsync.api.netguard import redact
 from lipsync.api.upload import Uploader
 from lipsync.config import Settings
-from lipsync.errors import InputError, LipSyncError
+from lipsync.errors import InputError, LipSyncError, UploadLost
 from lipsync.jobs.engine import Engine, LipSyncInputs, ModelGate, TrackingInputs
 from lipsync.jobs.models import JobRecord
 from lipsync.jobs.runner import JobContext
@@ -33,20 +33,43 @@ _FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "batch_size": "wav2l
 _SCRATCH_NAME = re.compile(r"'?\b(video|audio|ref(\d+))\.[a-z0-9]{2,4}\b'?")
 
 
+# The same for jobs whose inputs were uploaded (POST /lipsync/upload): its parts are named video, audio
+# and references.
+_UPLOAD_FIELD_NAMES = {**_FIELD_NAMES, "video": "video", "audio": "audio"}
+
+# params["inputs"] of a job whose files were received with the request and wait in its scratch folder.
+LOCAL_INPUTS = "local"
+
+
 def _scratch_field(match: re.Match) -> str:
     if match.group(2) is not None:
         return f"characters[{match.group(2)}].reference_image_url"
     return f"{match.group(1)}_url"
 
 
-def _for_api(exc: LipSyncError, workdir: Path) -> LipSyncError:
+def _for_api(exc: LipSyncError, workdir: Path, uploads: dict[str, dict[str, str]] | None = None) -> LipSyncError:
     """Speak the API's language: request field names instead of internal ones, and the input's field
-    instead of a server path ("no face in reference image ref0.jpg" -> "... characters[0].reference_image_url")."""
-    if exc.field in _FIELD_NAMES:
-        exc.field = _FIELD_NAMES[exc.field]
+    instead of a server path ("no face in reference image ref0.jpg" -> "... characters[0].reference_image_url").
+    ``uploads`` (scratch name -> {field, filename}) describes an upload job's files: they are named by
+    the part and the client's file name instead."""
+    names = _FIELD_NAMES if uploads is None else _UPLOAD_FIELD_NAMES
+    if exc.field in names:
+        exc.field = names[exc.field]
     message = exc.message.replace(f"{workdir}{os.sep}", "").replace(str(workdir), "")
-    named = {_scratch_field(m) for m in _SCRATCH_NAME.finditer(message)}
-    message = _SCRATCH_NAME.sub(lambda m: f"the file from {_scratch_field(m)}", message)
+    named: set[str] = set()
+
+    def describe(m: re.Match) -> str:
+        if uploads is None:
+            field = _scratch_field(m)
+            named.add(field)
+            return f"the file from {field}"
+        upload = uploads.get(m.group(0).strip("'"))
+        if upload is None:
+            return m.group(0)
+        named.add(upload["field"])
+        return f"the uploaded {upload['field']} file {upload['filename']!r}"
+
+    message = _SCRATCH_NAME.sub(describe, message)
     if len(named) == 1 and exc.field in (None, "characters"):
         exc.field = named.pop()
     exc.message = message
@@ -74,12 +97,15 @@ class JobWork:
                 return self._face_tracking(job, ctx)
             return self._lipsync(job, ctx)
         except LipSyncError as exc:
-            raise _for_api(exc, ctx.workdir) from None
+            uploads = job.params.get("uploads") if job.params.get("inputs") == LOCAL_INPUTS else None
+            raise _for_api(exc, ctx.workdir, uploads) from None
 
     # --- steps --------------------------------------------------------------------------------------
 
     def _download(self, p: dict[str, Any], ctx: JobContext, *, audio: bool) -> tuple[Path, Path | None,
                                                                                         tuple[Character, ...]]:
+        if p.get("inputs") == LOCAL_INPUTS:
+            return self._received(p, ctx)
         wanted: list[tuple[str, str, str, str]] = [("video_url", p["video_url"], "video", "video")]
         if audio:
             wanted.append(("audio_url", p["audio_url"], "audio", "audio"))
@@ -99,6 +125,39 @@ class JobWork:
             for i, ch in enumerate(p.get("characters") or [])
         )
         return paths["video_url"], paths.get("audio_url"), characters
+
+    def _received(self, p: dict[str, Any], ctx: JobContext) -> tuple[Path, Path, tuple[Character, ...]]:
+        """An upload job's inputs: already in the scratch folder (sniffed while they arrived). They get
+        the same probe as downloads, under the same 'download' stage so progress looks alike."""
+        wanted = [("video", p["video_file"]), ("audio", p["audio_file"])]
+        for ch in p.get("characters") or []:
+            wanted += [("references", name) for name in ch["reference_files"]]
+        ctx.progress("download", 0, len(wanted))
+        for n, (field, name) in enumerate(wanted, 1):
+            ctx.check_cancelled()
+            path = self._scratch_file(ctx, name)
+            if not path.is_file():
+                # The scratch folder is wiped on startup, so a job queued before a restart lost its files.
+                raise UploadLost(
+                    "the uploaded files of this job are gone (the server restarted before the job ran);"
+                    " send the request again", field=field,
+                )
+            self._probe(path, field)
+            ctx.progress("download", n, len(wanted))
+        characters = tuple(
+            Character(id=ch["id"], name=ch.get("name") or ch["id"],
+                      reference_images=tuple(self._scratch_file(ctx, name) for name in ch["reference_files"]))
+            for ch in p.get("characters") or []
+        )
+        return self._scratch_file(ctx, p["video_file"]), self._scratch_file(ctx, p["audio_file"]), characters
+
+    @staticmethod
+    def _scratch_file(ctx: JobContext, name: str) -> Path:
+        # Names are the server's own (video.mp4, ref0.jpg); refusing separators keeps a tampered job row
+        # from reaching outside the job's folder.
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise InputError(f"bad stored input name {name!r}")
+        return ctx.workdir / name
 
     def _probe(self, path: Path, field: str) -> None:
         """Open each input with the real media code right after its download: a truncated or unreadable

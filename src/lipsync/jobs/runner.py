@@ -121,8 +121,15 @@ class JobRunner:
 
     # --- API ----------------------------------------------------------------------------------------
 
-    def submit(self, kind: str, params: dict[str, Any], *, webhook_url: str | None = None) -> JobRecord:
-        record = self.store.create(kind, params, webhook_url=webhook_url, max_queued=self.queue_size)
+    def scratch_for(self, job_id: str) -> Path:
+        """The job's private scratch folder. A submitter may fill it before ``submit`` (uploaded inputs,
+        under an id from ``new_job_id``); the runner deletes it when the job ends, however it ends."""
+        return self.scratch_dir / job_id
+
+    def submit(self, kind: str, params: dict[str, Any], *, webhook_url: str | None = None,
+               job_id: str | None = None) -> JobRecord:
+        record = self.store.create(kind, params, webhook_url=webhook_url, max_queued=self.queue_size,
+                                   job_id=job_id)
         self._queue.put(record.id)
         return record
 
@@ -164,6 +171,8 @@ class JobRunner:
                 log.exception("could not start job %s", job_id)
                 continue
             if record is None:  # cancelled while it waited
+                # Its scratch may already hold uploaded inputs (see scratch_for); nothing else will run it.
+                shutil.rmtree(self.scratch_for(job_id), ignore_errors=True)
                 continue
             try:
                 self._run(record)
@@ -196,7 +205,7 @@ class JobRunner:
         event = threading.Event()
         with self._lock:
             self._running[record.id] = event
-        workdir = self.scratch_dir / record.id
+        workdir = self.scratch_for(record.id)
         workdir.mkdir(parents=True, exist_ok=True)
         stop_check = self._make_stop_check(record, event)
         ctx = JobContext(job=record, workdir=workdir, progress=self._make_progress(record, stop_check),
