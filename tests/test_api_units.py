@@ -171,7 +171,8 @@ def test_graceful_stop_requeues_running_job_without_using_an_attempt(tmp_path: P
     runner.stop(timeout=5)
     rec = store.get(job.id)
     assert (rec.status, rec.attempts) == ("queued", 0)
-    assert list((tmp_path / "tmp").iterdir()) == []
+    # Its scratch stays for the rerun (it may hold uploaded inputs); nothing else is left.
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [job.id]
 
 
 # --- SSRF guard ---------------------------------------------------------------------------------------

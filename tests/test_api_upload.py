@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,15 +233,20 @@ def test_cancel_and_restart_delete_uploads(tmp_path: Path, media: Media) -> None
         assert c.delete(f"/jobs/{queued}").json()["status"] == "cancelled"
         assert srv.wait_final(running)["status"] == "succeeded"
         _no_leftovers(srv)  # the cancelled job's uploads went when the worker skipped it
-        waiting = [submit(c) for _ in range(2)]
-    # Stopped with one job running (requeued) and one queued: their files do not survive the restart.
+        waiting = [submit(c) for _ in range(3)]
+    # Stopped with one job running (requeued) and two queued: their uploads survive the restart and they
+    # run; one folder removed by hand in between gives that job a clear error instead.
+    lost = waiting.pop()
+    shutil.rmtree(srv.work_dir / "tmp" / lost)
     restarted = ApiServer(env=env, work_dir=tmp_path / "work", api_key=API_KEY)
     with restarted:
-        jobs = [restarted.wait_final(j, timeout=30) for j in waiting]
-        for job in jobs:
-            assert job["status"] == "failed", job
-            assert job["error"]["code"] == "upload_lost" and job["error"]["field"] == "video", job
-            assert "send the request again" in job["error"]["message"]
+        for job_id in waiting:
+            job = restarted.wait_final(job_id, timeout=30)
+            assert job["status"] == "succeeded", job["error"]
+        job = restarted.wait_final(lost, timeout=30)
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "upload_lost" and job["error"]["field"] == "video", job
+        assert "send the request again" in job["error"]["message"]
         _no_leftovers(restarted)
 
 

@@ -137,10 +137,11 @@ class JobWork:
             ctx.check_cancelled()
             path = self._scratch_file(ctx, name)
             if not path.is_file():
-                # The scratch folder is wiped on startup, so a job queued before a restart lost its files.
+                # Queued jobs keep their scratch across a restart, so this means it was removed by hand
+                # (or the work dir was moved): nothing to run on.
                 raise UploadLost(
-                    "the uploaded files of this job are gone (the server restarted before the job ran);"
-                    " send the request again", field=field,
+                    "the uploaded files of this job are gone (its scratch folder was removed before the job"
+                    " ran); send the request again", field=field,
                 )
             self._probe(path, field)
             ctx.progress("download", n, len(wanted))

@@ -89,11 +89,15 @@ class JobRunner:
 
     def start(self) -> None:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        # Leftovers of a crashed run: nothing in scratch outlives its job.
-        for child in self.scratch_dir.iterdir():
-            shutil.rmtree(child, ignore_errors=True)
         self.store.recover()
-        for job_id in self.store.queued_ids():
+        queued = self.store.queued_ids()
+        # Leftovers of a crashed or stopped run go, except the folders of jobs that will still run: those
+        # may hold uploaded inputs that exist nowhere else.
+        keep = set(queued)
+        for child in self.scratch_dir.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+        for job_id in queued:
             self._queue.put(job_id)
         for i in range(self.workers):
             t = threading.Thread(target=self._worker, name=f"lipsync-worker-{i}", daemon=True)
@@ -212,6 +216,7 @@ class JobRunner:
                          cancel_event=event, stop_check=stop_check)
         started = time.monotonic()
         final: JobRecord | None = None
+        requeued = False
         try:
             result = self.work(record, ctx)
             if event.is_set() and record.id in self._shutdown_requested:
@@ -219,6 +224,7 @@ class JobRunner:
             final = self.store.finish(record.id, "succeeded", result=result, only_if=("running",))
         except _Shutdown:
             self.store.requeue(record.id, refund_attempt=True)
+            requeued = True
             log.info("job %s interrupted by shutdown; requeued", record.id)
         except JobCancelled:
             failure = JobFailure(code="cancelled", message="the job was cancelled by request", http_status=409)
@@ -236,7 +242,8 @@ class JobRunner:
             )
             final = self.store.finish(record.id, "failed", error=failure, only_if=("running",))
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if not requeued:  # a requeued job runs again after the restart and needs its uploaded inputs
+                shutil.rmtree(workdir, ignore_errors=True)
             with self._lock:
                 self._running.pop(record.id, None)
                 self._shutdown_requested.discard(record.id)
