@@ -29,9 +29,10 @@ PARITY = 1e-4
 
 
 def librosa_reference(wav: np.ndarray) -> np.ndarray:
-    """The Wav2Lip recipe as written with librosa (its stft defaults: periodic Hann, center, default pad)."""
+    """The Wav2Lip recipe as written with librosa: periodic Hann, centred frames, reflect padding (the
+    default of librosa 0.7, which Wav2Lip was trained with; newer librosa defaults to zeros)."""
     y = signal.lfilter([1.0, -0.97], [1.0], wav)
-    spec = np.abs(librosa.stft(y=y, n_fft=800, hop_length=200, win_length=800))
+    spec = np.abs(librosa.stft(y=y, n_fft=800, hop_length=200, win_length=800, pad_mode="reflect"))
     basis = librosa.filters.mel(sr=SR, n_fft=800, n_mels=80, fmin=55, fmax=7600, htk=False, norm="slaney")
     db = 20.0 * np.log10(np.maximum(1e-5, basis @ spec)) - 20.0
     return np.clip(8.0 * ((db + 100.0) / 100.0) - 4.0, -4.0, 4.0)
@@ -131,7 +132,12 @@ def test_integer_pcm_and_other_rates_are_accepted():
     assert mel.shape == (80, 81)
     # Scaled like float audio: only 16-bit quantisation noise separates the two.
     np.testing.assert_allclose(mel, wav2lip_mel(pcm.astype(np.float64) / 32768.0), atol=1e-6)
-    assert np.abs(mel - wav2lip_mel(wav)).max() < 0.05
+    # Compared above 16-bit PCM's own noise floor (about -96 dBFS, i.e. -3.7 on the [-4, 4] scale): below it
+    # the quantisation noise is the signal (the reflect-padded last frame of this fading chirp sits there).
+    reference = wav2lip_mel(wav)
+    audible = reference > -3.5
+    assert audible.sum() >= 500  # the sweep lights a few bands at a time: still a thousand bins compared
+    assert np.abs(mel - reference)[audible].max() < 0.05
 
 
 def test_long_audio_is_processed_in_blocks():

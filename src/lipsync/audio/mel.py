@@ -3,8 +3,9 @@
 Recipe (the one Wav2Lip and its SyncNet expert were trained with):
 
 1. 16 kHz mono, preemphasis ``y[n] = x[n] - 0.97 x[n-1]``;
-2. STFT with n_fft = win = 800, hop = 200, a periodic Hann window, ``center=True`` with zero padding of
-   n_fft // 2 on each side (librosa >= 0.10's default ``pad_mode="constant"``), magnitude ``|X|``;
+2. STFT with n_fft = win = 800, hop = 200, a periodic Hann window, ``center=True`` with reflect padding
+   of n_fft // 2 on each side (librosa 0.7's default, which Wav2Lip used; librosa >= 0.10 defaults to
+   zeros, so a librosa reference must pass ``pad_mode="reflect"``), magnitude ``|X|``;
 3. 80 mel bands on the Slaney scale with Slaney (area) normalisation, 55 Hz .. 7600 Hz;
 4. ``20 log10(max(1e-5, S)) - 20`` dB;
 5. symmetric normalisation ``clip(8 (S + 100) / 100 - 4, -4, 4)``.
@@ -144,24 +145,31 @@ def _to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float64, copy=False)
 
 
-def _preemphasized(x: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Samples ``start:stop`` of ``y = lfilter([1, -0.97], [1], x)``, zero outside ``0:len(x)``.
+def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
+    """Indices folded into ``0:n`` the way ``np.pad(mode="reflect")`` extends a signal (edge not repeated;
+    pads longer than the signal reflect again)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    folded = np.mod(idx, period)
+    return np.where(folded >= n, period - folded, folded)
 
-    The filter is FIR, so any stretch of y needs just one sample of history; zeros outside the signal are
-    exactly the STFT's centre padding (librosa pads the already filtered signal with zeros).
+
+def _preemphasized(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Samples ``start:stop`` of ``y = lfilter([1, -0.97], [1], x)``, reflected outside ``0:len(x)``.
+
+    Reflect padding is what Wav2Lip's training features had (librosa 0.7's stft default); newer librosa
+    pads with zeros, which changes the first and last two mel columns. The filter is FIR, so any stretch of
+    y needs just one sample of history.
     """
-    out = np.zeros(stop - start, dtype=np.float64)
-    lo, hi = max(0, start), min(len(x), stop)
-    if hi <= lo:
-        return out
-    cur = _to_float(x[lo:hi])
-    if not np.all(np.isfinite(cur)):
+    idx = _reflect(np.arange(start, stop), len(x))
+    base = max(0, int(idx.min()) - 1)
+    cur_and_history = _to_float(x[base : int(idx.max()) + 1])
+    if not np.all(np.isfinite(cur_and_history)):
         raise InputError("the audio contains NaN or infinite samples", field="audio")
-    prev = np.empty_like(cur)
-    prev[1:] = cur[:-1]
-    prev[0] = _to_float(x[lo - 1 : lo])[0] if lo > 0 else 0.0
-    out[lo - start : hi - start] = cur - PREEMPHASIS * prev
-    return out
+    cur = cur_and_history[idx - base]
+    prev = np.where(idx > 0, cur_and_history[np.maximum(idx - 1 - base, 0)], 0.0)
+    return cur - PREEMPHASIS * prev
 
 
 def _normalised_db(mel: np.ndarray) -> np.ndarray:
