@@ -26,7 +26,6 @@ import itertools
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +52,7 @@ from lipsync.media import (
 )
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.stages.composite import composite_face
+from lipsync.stages.encode import BackgroundEncoder
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
 from lipsync.stages.frames import point_for, render_plan_frame, sources_needed
 from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator, postprocess_face, prepare_face
@@ -178,50 +178,6 @@ class _StageTimer:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-class _BackgroundEncoder:
-    """Encodes finished batches on one worker thread, so x264 (which releases the GIL) overlaps the next
-    batch's generation and compositing. At most ``depth`` batches wait, which keeps memory bounded."""
-
-    def __init__(self, writer: VideoWriter, depth: int = 1) -> None:
-        self.writer = writer
-        self.busy_seconds = 0.0
-        self._queue: queue.Queue[list[np.ndarray] | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="lipsync-encode", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (frames := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # drain after a failure; the main thread re-raises it
-            start = time.perf_counter()
-            try:
-                for frame in frames:
-                    self.writer.write(frame)
-            except BaseException as exc:  # handed to the main thread, which raises it
-                self._error = exc
-            self.busy_seconds += time.perf_counter() - start
-
-    def put(self, frames: list[np.ndarray]) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(frames)
-
-    def stop(self) -> None:
-        """Error path: let the worker finish what it holds and exit, raising nothing."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def join(self) -> None:
-        """Wait for every queued frame to be written; raise the worker's error if it had one."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 @dataclass(frozen=True)
@@ -628,7 +584,7 @@ class LipSyncPipeline:
         chunk = max(1, min(batch, FRAME_BUFFER_BYTES // max(1, width * height * 3)))
         # Written under a temporary name and renamed at the end: a failed run leaves no half-written output.
         partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-        encoder: _BackgroundEncoder | None = None
+        encoder: BackgroundEncoder | None = None
         try:
             with contextlib.ExitStack() as stack:
                 get_frame = self._frame_source(job.video, job.info, stack)
@@ -639,7 +595,7 @@ class LipSyncPipeline:
                     partial, width, height, job.fps, crf=request.crf, preset=request.preset, audio=audio,
                 )  # fmt: skip
                 stack.enter_context(writer)
-                encoder = _BackgroundEncoder(writer)
+                encoder = BackgroundEncoder(writer)
                 stack.callback(encoder.stop)  # on error: stop the worker before the writer is closed
                 # Compositing is OpenCV work that releases the GIL: frames of a batch run in parallel.
                 pool = stack.enter_context(ThreadPoolExecutor(COMPOSITE_THREADS, "lipsync-composite"))
