@@ -67,6 +67,15 @@ class Box:
             float(min(height, round(self.y2 + bottom))),
         )
 
+    def lerp(self, other: Box, t: float) -> Box:
+        """The box ``t`` of the way from this one to ``other`` (0 gives this box, 1 gives ``other``)."""
+        return Box(
+            self.x1 + (other.x1 - self.x1) * t,
+            self.y1 + (other.y1 - self.y1) * t,
+            self.x2 + (other.x2 - self.x2) * t,
+            self.y2 + (other.y2 - self.y2) * t,
+        )
+
     def as_list(self) -> list[float]:
         return [float(self.x1), float(self.y1), float(self.x2), float(self.y2)]
 

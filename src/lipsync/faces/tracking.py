@@ -356,9 +356,8 @@ class _Tracker:
 
 
 def _lerp(a: _Obs, b: _Obs, t: float) -> _Obs:
-    ba, bb = np.array(a.box.as_list()), np.array(b.box.as_list())
     return _Obs(
-        Box.from_seq(ba + (bb - ba) * t),
+        a.box.lerp(b.box, t),
         (a.landmarks + (b.landmarks - a.landmarks) * t).astype(np.float32),
         a.similarity + (b.similarity - a.similarity) * t,
     )

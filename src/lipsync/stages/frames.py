@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from lipsync.types import Box, PlanFrame, Track, TrackPoint
+from lipsync.types import PlanFrame, Track, TrackPoint
 
 #: Anything that returns a source frame by index (lipsync.media.FrameReader, or a list in tests).
 FrameGetter = Callable[[int], np.ndarray]
@@ -38,12 +38,6 @@ def iter_plan_frames(get: FrameGetter, plan: Sequence[PlanFrame], start: int = 0
         yield render_plan_frame(get, plan[i])
 
 
-def _lerp_box(a: Box, b: Box, w: float) -> Box:
-    return Box(
-        a.x1 + (b.x1 - a.x1) * w, a.y1 + (b.y1 - a.y1) * w, a.x2 + (b.x2 - a.x2) * w, a.y2 + (b.y2 - a.y2) * w
-    )
-
-
 def point_for(track: Track, plan_frame: PlanFrame) -> TrackPoint | None:
     """The character's face in an output frame, or None (the frame passes through for it)."""
     first = track.get(plan_frame.src)
@@ -59,7 +53,7 @@ def point_for(track: Track, plan_frame: PlanFrame) -> TrackPoint | None:
     ).astype(np.float32)
     return TrackPoint(
         frame=plan_frame.src,
-        box=_lerp_box(first.box, second.box, w),
+        box=first.box.lerp(second.box, w),
         landmarks=landmarks,
         similarity=min(first.similarity, second.similarity),
         interpolated=True,
