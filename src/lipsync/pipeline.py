@@ -274,20 +274,11 @@ def _with_field(exc: LipSyncError, name: str) -> LipSyncError:
 # --- helpers shared with the API's /face-tracking -------------------------------------------------------
 
 
-def _limits(settings: Settings) -> MediaLimits:
-    return MediaLimits(
-        max_width=settings.max_width, max_height=settings.max_height, max_duration_s=settings.max_duration_s
-    )
-
-
 def _probe_video(path: Path, settings: Settings) -> MediaInfo:
     try:
-        info = probe(path, _limits(settings))
+        return probe(path, MediaLimits.from_settings(settings)).require_video()
     except MediaError as exc:
         raise _with_field(exc, "video") from None
-    if not info.has_video:
-        raise InputError(f"{Path(path).name} has no video stream", field="video")
-    return info
 
 
 def _tracking_options(

@@ -166,9 +166,8 @@ class JobWork:
         runs."""
         from lipsync.media import MediaLimits, probe
 
-        s = self.settings
         try:
-            probe(path, MediaLimits(max_width=s.max_width, max_height=s.max_height, max_duration_s=s.max_duration_s))
+            probe(path, MediaLimits.from_settings(self.settings))
         except LipSyncError as exc:
             exc.field = field
             raise

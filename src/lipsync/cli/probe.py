@@ -12,8 +12,7 @@ def _limits():
     from lipsync.config import Settings
     from lipsync.media import MediaLimits
 
-    settings = Settings()
-    return MediaLimits(settings.max_width, settings.max_height, settings.max_duration_s)
+    return MediaLimits.from_settings(Settings())
 
 
 def _human(info) -> str:

@@ -76,14 +76,7 @@ def track(
     if device is not None:
         overrides["device"] = device
     settings = Settings(**overrides)
-    info = probe(
-        video,
-        MediaLimits(
-            max_width=settings.max_width,
-            max_height=settings.max_height,
-            max_duration_s=settings.max_duration_s,
-        ),
-    )
+    info = probe(video, MediaLimits.from_settings(settings))
     if not info.has_video:
         raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
     faces = create_face_backend(settings)

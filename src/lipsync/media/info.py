@@ -42,6 +42,11 @@ class MediaLimits:
     max_height: int = 4096
     max_duration_s: float = 10800.0
 
+    @classmethod
+    def from_settings(cls, settings) -> MediaLimits:
+        """The limits a ``lipsync.config.Settings`` (or anything with its three fields) configures."""
+        return cls(settings.max_width, settings.max_height, settings.max_duration_s)
+
 
 @dataclass(frozen=True)
 class MediaInfo:
