@@ -108,6 +108,7 @@ def run_case(spec: dict) -> dict:
 
     from lipsync.config import Settings
     from lipsync.media import decode_audio
+    from lipsync.options import LipSyncOptions
     from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
 
     work = Path(spec["work"])
@@ -141,8 +142,7 @@ def run_case(spec: dict) -> dict:
         Path(spec["video"]),
         audio,
         work / f"out_{spec['name']}.mp4",
-        enhance=spec["enhance"],
-        loop_mode="crossfade",
+        options=LipSyncOptions(enhance="on" if spec["enhance"] else "off", loop_mode="crossfade"),
     )
     result = pipe(request)
     stats = result.stats.to_dict()

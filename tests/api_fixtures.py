@@ -87,17 +87,17 @@ class FakeEngine:
             for ref in ch.reference_images:
                 probe(ref)
         duration = self._work(inputs.video, progress, "lipsync")
-        shutil.copyfile(inputs.video, inputs.out)
-        return EngineOutput(out=inputs.out, duration=duration, stats={"fake": True, "frames": 0})
+        shutil.copyfile(inputs.video, inputs.output)
+        return EngineOutput(out=inputs.output, duration=duration, stats={"fake": True, "frames": 0})
 
     def face_tracking(self, inputs, progress):
         from lipsync.jobs.engine import EngineOutput
 
         duration = self._work(inputs.video, progress, "track")
-        shutil.copyfile(inputs.video, inputs.out)
+        shutil.copyfile(inputs.video, inputs.output)
         tracks = {"characters": [{"id": c.id, "name": c.name, "frames": []} for c in inputs.characters],
                   "fps": 25.0, "num_frames": 0}
-        return EngineOutput(out=inputs.out, duration=duration, stats={"fake": True}, extra={"tracks": tracks})
+        return EngineOutput(out=inputs.output, duration=duration, stats={"fake": True}, extra={"tracks": tracks})
 
 
 def make_fake_app():

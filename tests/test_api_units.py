@@ -344,8 +344,9 @@ def test_signature_roundtrip() -> None:
 def test_brief_defaults() -> None:
     req = LipSyncIn(video_url="https://e.com/v.mp4", audio_url="https://e.com/a.mp3",
                     characters=[{"id": "speaker", "name": "Main", "reference_image_url": "https://e.com/f.jpg"}])
-    assert (req.similarity_threshold, req.enhance_quality, req.loop_mode, req.crossfade_frames,
-            req.temporal_smoothing, req.pads, req.async_) == (0.5, True, "crossfade", 10, 0.3, [0, 20, 0, 0], False)
+    # enhance: the brief's enhance_quality=true became "auto" (on under CUDA, off on a CPU), issue #9.
+    assert (req.similarity_threshold, req.enhance, req.loop_mode, req.crossfade_frames,
+            req.temporal_smoothing, req.pads, req.async_) == (0.5, "auto", "crossfade", 10, 0.3, [0, 20, 0, 0], False)
     assert LipSyncIn.model_validate({"video_url": "http://a/v", "audio_url": "http://a/a", "async": True}).async_
 
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import SHARED_MEDIA
 from lipsync.config import Settings
 from lipsync.errors import InputError, MediaNotFound, NoFaceFound
+from lipsync.options import LipSyncOptions, parse_options
 from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
 from lipsync.stages.frames import point_for
 from lipsync.stages.looping import plan_loop
@@ -77,9 +78,8 @@ def character(cid: str, ref: Path) -> Character:
 def run(tmp_path: Path, video: Path, audio: Path, generator, characters=(), *, backend=None, **kw):
     pipe = LipSyncPipeline(Settings(), generator=generator, face_backend=backend or ColorFaceBackend())
     events: list[tuple[str, int, int]] = []
-    request = LipSyncRequest(
-        video, audio, tmp_path / "out.mp4", characters=tuple(characters), enhance=False, pads=PADS, **kw
-    )
+    options = LipSyncOptions(**{"enhance": "off", "pads": list(PADS), **kw})
+    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", tuple(characters), options)
     result = pipe(request, progress=lambda *e: events.append(e))
     return result, events
 
@@ -304,16 +304,18 @@ def test_still_image_is_looped_to_the_audio(tmp_path, media):
         ({"audio": Path("/nonexistent/a.wav")}, MediaNotFound, "audio"),
         ({"loop_mode": "bounce"}, InputError, "loop_mode"),
         ({"similarity_threshold": 1.5}, InputError, "similarity_threshold"),
-        ({"pads": (0, -1, 0, 0)}, InputError, "pads"),
+        ({"pads": [0, -1, 0, 0]}, InputError, "pads"),
         ({"output": Path("/tmp/out.avi")}, InputError, "output"),
         ({"characters": (Character("x", "X", (Path("/nonexistent.png"),)),)}, MediaNotFound, "characters"),
     ],
 )
 def test_bad_inputs_name_the_field(tmp_path, media, change, error, field):
-    fields = {"video": media["one_face"], "audio": media["audio_2s"], "output": tmp_path / "o.mp4"} | change
+    fields = {"video": media["one_face"], "audio": media["audio_2s"], "output": tmp_path / "o.mp4"}
+    settings = {k: change.pop(k) for k in list(change) if k in LipSyncOptions.model_fields}
     pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(), face_backend=ColorFaceBackend())
     with pytest.raises(error) as info:
-        pipe(LipSyncRequest(**fields))
+        # Settings are validated where the options are made (the API body, the CLI), files by the pipeline.
+        pipe(LipSyncRequest(**fields | change, options=parse_options(LipSyncOptions, settings)))
     assert info.value.field == field
 
 
@@ -322,7 +324,7 @@ def test_audio_that_is_not_audio_names_the_audio_field(tmp_path, media):
     bogus.write_bytes(b"not audio at all" * 100)
     pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(), face_backend=ColorFaceBackend())
     with pytest.raises(InputError) as info:
-        pipe(LipSyncRequest(media["one_face"], bogus, tmp_path / "o.mp4", enhance=False))
+        pipe(LipSyncRequest(media["one_face"], bogus, tmp_path / "o.mp4", options=LipSyncOptions(enhance="off")))
     assert info.value.field == "audio"
 
 
@@ -331,7 +333,9 @@ def test_audio_that_is_not_audio_names_the_audio_field(tmp_path, media):
 
 def test_generator_sees_bounded_batches(tmp_path, media):
     generator = IdentityGenerator(batch_size=64)
-    result, _ = run(tmp_path, media["one_face"], media["audio_2s"], generator, loop_mode="none", batch_size=6)
+    result, _ = run(
+        tmp_path, media["one_face"], media["audio_2s"], generator, loop_mode="none", wav2lip_batch_size=6
+    )
     assert result.stats.batch_size == 6
     sizes = [shape[0] for shape, _ in generator.calls]
     assert max(sizes) <= 6 and sum(sizes) == 50 and len(sizes) == 9  # ceil(50 / 6) batches of frames
@@ -343,10 +347,12 @@ import resource, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from lipsync.config import Settings
+from lipsync.options import LipSyncOptions
 from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
 from pipeline_fixtures import ColorFaceBackend, IdentityGenerator
 pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(16), face_backend=ColorFaceBackend())
-pipe(LipSyncRequest(Path({video!r}), Path({audio!r}), Path({out!r}), enhance=False, loop_mode="none", batch_size=16))
+opts = LipSyncOptions(enhance="off", loop_mode="none", wav2lip_batch_size=16)
+pipe(LipSyncRequest(Path({video!r}), Path({audio!r}), Path({out!r}), options=opts))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -391,9 +397,7 @@ def test_progress_can_cancel_and_leaves_no_partial_output(tmp_path, media):
         media["one_face"],
         media["audio_2s"],
         tmp_path / "out.mp4",
-        enhance=False,
-        loop_mode="none",
-        batch_size=8,
+        options=LipSyncOptions(enhance="off", loop_mode="none", wav2lip_batch_size=8),
     )
     with pytest.raises(JobCancelled):
         pipe(request, progress=cancel)

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import shared_file
 from lipsync.config import Settings
+from lipsync.options import LipSyncOptions
 from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
 from lipsync.stages.enhance import GFPGANRestorer, similarity_transform
 from lipsync.stages.frames import point_for
@@ -62,9 +63,8 @@ def test_real_wav2lip_network_with_random_weights(tmp_path, checkpoints):
     pipe = LipSyncPipeline(
         _settings(tmp_path, wav2lip_checkpoint=checkpoints["wav2lip"]), face_backend=ColorFaceBackend()
     )
-    request = LipSyncRequest(
-        video, audio, tmp_path / "out.mp4", enhance=False, batch_size=4, loop_mode="none", crf=0
-    )
+    options = LipSyncOptions(enhance="off", wav2lip_batch_size=4, loop_mode="none", crf=0)
+    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", options=options)
     result = pipe(request)
     generator = pipe.get_generator()
     assert isinstance(generator, Wav2LipGenerator) and generator.device.type == "cpu"
@@ -100,7 +100,7 @@ def test_enhance_with_random_gfpgan_changes_only_synced_faces(tmp_path):
         generator=MouthMarkGenerator(),
         face_backend=ColorFaceBackend(),
     )
-    result = pipe(LipSyncRequest(still, audio, tmp_path / "out.mp4", (red,), enhance=True, crf=0))
+    result = pipe(LipSyncRequest(still, audio, tmp_path / "out.mp4", (red,), LipSyncOptions(enhance="on", crf=0)))
     assert isinstance(pipe.get_enhancer().restorer, GFPGANRestorer)
     assert result.stats.frames == 1 and result.stats.enhanced == 1
     (out,) = decode_frames(result.output)
@@ -108,7 +108,7 @@ def test_enhance_with_random_gfpgan_changes_only_synced_faces(tmp_path):
         _settings(tmp_path), generator=MouthMarkGenerator(), face_backend=ColorFaceBackend()
     )
     (plain,) = decode_frames(
-        without(LipSyncRequest(still, audio, tmp_path / "plain.mp4", (red,), enhance=False, crf=0)).output
+        without(LipSyncRequest(still, audio, tmp_path / "plain.mp4", (red,), LipSyncOptions(enhance="off", crf=0))).output
     )
     # The aligned 512 square mapped back into the frame bounds everything GFPGAN may touch...
     point = result.tracks[0].get(0)
@@ -138,9 +138,8 @@ def test_dlib_backend_end_to_end_on_a_real_photo(tmp_path):
     audio = write_speechlike_wav(tmp_path / "a.wav", 1.2)
     obama = Character("obama", "Barack Obama", (shared_file("obama2.jpg"),))
     pipe = LipSyncPipeline(_settings(tmp_path, face_backend="dlib"), generator=MouthMarkGenerator())
-    request = LipSyncRequest(
-        video, audio, tmp_path / "out.mp4", (obama,), enhance=False, loop_mode="none", crf=0
-    )
+    options = LipSyncOptions(enhance="off", loop_mode="none", crf=0)
+    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", (obama,), options)
     result = pipe(request)
     stats = result.stats.characters["obama"]
     assert stats.frames_synced == result.stats.frames == 30 and stats.frames_passed_through == 0

@@ -18,6 +18,12 @@ class LipSyncError(Exception):
         self.message = message
         self.field = field
 
+    def named(self, field: str) -> LipSyncError:
+        """Name ``field`` as the culprit unless a more precise one is already set; returns self."""
+        if self.field is None:
+            self.field = field
+        return self
+
     def to_dict(self) -> dict[str, str]:
         out = {"code": self.code, "message": self.message}
         if self.field:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lipsync.errors import LipSyncError
 from lipsync.jobs.models import JobFailure
+from lipsync.options import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -65,36 +66,11 @@ def failure_response(failure: JobFailure) -> JSONResponse:
     return error_response(failure.http_status, failure.code, failure.message, failure.field)
 
 
-def _loc_to_field(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    if not parts:
-        return None
-    out = parts[0]
-    for p in parts[1:]:
-        out += f"[{p}]" if p.isdigit() else f".{p}"
-    return out
-
-
-def _validation_message(err: dict[str, Any], field: str | None) -> str:
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if err.get("type") == "missing":
-        msg = "field required"
-    elif err.get("type") == "extra_forbidden":
-        msg = "unknown field (check the spelling against /docs)"
-    elif err.get("type") == "json_invalid":
-        msg = "the body is not valid JSON: " + str(err.get("ctx", {}).get("error", ""))
-    return f"{field}: {msg}" if field else msg
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        field = _loc_to_field(tuple(first.get("loc", ())))
-        message = _validation_message(first, field)
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        # One wording for the API and the CLI (lipsync.options): field, then what was wrong.
+        field, message = describe_errors(list(exc.errors()))
         return error_response(422, "validation_error", message, field)
 
     @app.exception_handler(LipSyncError)

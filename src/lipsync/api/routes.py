@@ -145,7 +145,7 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
     async def _submit(request: Request, kind: str, body: LipSyncIn | FaceTrackingIn) -> JobRecord:
         state = request.app.state.lipsync
         state.gate.check_accepting()
-        params = body.model_dump(mode="json", exclude={"async_"})
+        params = body.job_params()
         await run_in_threadpool(state.check_urls, params)
         return await run_in_threadpool(
             state.runner.submit, kind, params, webhook_url=params.get("webhook_url")

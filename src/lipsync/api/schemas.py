@@ -4,15 +4,15 @@ brief's field names and defaults are a public contract, the internals may change
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lipsync.api.netguard import check_url_syntax
 from lipsync.errors import UnsafeURL
-from lipsync.types import DEFAULT_PADS, LoopMode
+from lipsync.options import LipSyncOptions, TrackOptions
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 EXAMPLE_CHARACTER = {
     "id": "speaker",
@@ -37,14 +37,15 @@ def _http_url(value: str) -> str:
 
 
 def _character_id(v: str) -> str:
-    if not _ID.match(v):
+    if not _ID.fullmatch(v):
         raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-' (starting alphanumeric)")
     return v
 
 
 class _Strict(BaseModel):
-    # Unknown fields are refused: a typo ("enhance" for "enhance_quality") must not silently use a default.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Unknown fields are refused: a typo ("enhance_qualty") must not silently use a default. Strict types:
+    # "16" is not a number, "true" is not a boolean.
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
 class CharacterIn(_Strict):
@@ -73,76 +74,13 @@ def _unique_ids(chars: list[Any]) -> list[Any]:
     return chars
 
 
-class FaceTrackingIn(_Strict):
-    model_config = ConfigDict(
-        extra="forbid", populate_by_name=True,
-        json_schema_extra={"examples": [{
-            "video_url": "https://example.com/video.mp4",
-            "characters": [EXAMPLE_CHARACTER],
-            "similarity_threshold": 0.5,
-            "temporal_smoothing": 0.3,
-        }]},
-    )
-
-    video_url: str = Field(..., description="http(s) URL of the input video (or a still image).")
-    characters: list[CharacterIn] = Field(
-        default_factory=list, max_length=16,
-        description="Characters to track; empty: the most prominent face, as id 'face'.",
-    )
-    similarity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Face matching threshold (0-1).")
-    temporal_smoothing: float = Field(0.3, ge=0.0, le=1.0, description="Box smoothing factor (0-1).")
-    upload_url: str | None = Field(None, description="Presigned URL to PUT the visualization MP4 to.")
-    webhook_url: str | None = Field(None, description="POSTed the job's final state (async jobs).")
-    async_: bool = Field(False, alias="async", description="Answer 202 with a job id instead of waiting.")
-
-    @field_validator("video_url", "upload_url", "webhook_url")
-    @classmethod
-    def _urls(cls, v: str | None) -> str | None:
-        return v if v is None else _http_url(v)
-
-    @field_validator("characters")
-    @classmethod
-    def _chars(cls, v: list[CharacterIn]) -> list[CharacterIn]:
-        return _unique_ids(v)
-
-
-class _LipSyncInputURLs(_Strict):
-    """Where POST /lipsync downloads its media from; POST /lipsync/upload receives the files instead."""
-
-    video_url: str = Field(..., description="http(s) URL of the input video (or a still image).")
-    audio_url: str = Field(..., description="http(s) URL of the speech to lip-sync to.")
-
-    @field_validator("video_url", "audio_url")
-    @classmethod
-    def _input_urls(cls, v: str) -> str:
-        return _http_url(v)
-
-
-class _LipSyncOptions(_Strict):
-    """Every lip-sync setting that is not an input file: shared by POST /lipsync (JSON body) and
-    POST /lipsync/upload (the `options` part), so both validate the same way. Subclasses may narrow
-    ``characters`` to their own character type; the validators below apply to it either way."""
+class _JobFields(_Strict):
+    """What every job request has besides its inputs and its settings: delivery and waiting."""
 
     upload_url: str | None = Field(
         None,
         description="Presigned URL the output MP4 is PUT to. Without it the result is kept for "
         "GET /jobs/{id}/result.",
-    )
-    characters: list[CharacterIn] = Field(
-        default_factory=list, max_length=16,
-        description="Characters to lip-sync; empty: the most prominent face.",
-    )
-    similarity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Face matching threshold (0-1).")
-    enhance_quality: bool = Field(True, description="Apply GFPGAN face enhancement.")
-    loop_mode: LoopMode = Field("crossfade", description="How to handle audio longer than the video.")
-    crossfade_frames: int = Field(10, ge=0, le=250, description="Frames to blend at a loop boundary.")
-    temporal_smoothing: float = Field(0.3, ge=0.0, le=1.0, description="Box smoothing factor (0-1).")
-    pads: list[int] = Field(
-        list(DEFAULT_PADS), min_length=4, max_length=4,
-        description="Face box padding in pixels: top, bottom, left, right (each 0-512).",
-    )
-    wav2lip_batch_size: int | None = Field(
-        None, ge=1, le=1024, description="Wav2Lip batch size (default: 128 on GPU, smaller on CPU)."
     )
     webhook_url: str | None = Field(None, description="POSTed the job's final state, signed (async jobs).")
     async_: bool = Field(False, alias="async", description="Answer 202 with a job id instead of waiting.")
@@ -152,28 +90,79 @@ class _LipSyncOptions(_Strict):
     def _urls(cls, v: str | None) -> str | None:
         return v if v is None else _http_url(v)
 
+    #: the settings model whose fields this request carries (lipsync.options)
+    options_model: ClassVar[type[TrackOptions]] = TrackOptions
+
+    def job_options(self) -> TrackOptions:
+        """The request's settings as the options model (validated again, so it is canonical)."""
+        return self.options_model.model_validate(
+            {name: getattr(self, name) for name in self.options_model.model_fields}
+        )
+
+    def job_params(self, **replace: Any) -> dict[str, Any]:
+        """The job record's params: the request fields, with the settings under ``options``."""
+        settings = set(LipSyncOptions.model_fields)
+        params = self.model_dump(mode="json", exclude={"async_", *settings})
+        return {**params, **replace, "options": self.job_options().model_dump(mode="json")}
+
+
+class _Characters(_Strict):
+    characters: list[CharacterIn] = Field(
+        default_factory=list, max_length=16,
+        description="Characters to lip-sync or track; empty: the most prominent face (id 'face').",
+    )
+
     @field_validator("characters")
     @classmethod
     def _chars(cls, v: list) -> list:
         return _unique_ids(v)
 
-    @field_validator("pads")
+
+class _VideoURL(_Strict):
+    video_url: str = Field(..., description="http(s) URL of the input video (or a still image).")
+
+    @field_validator("video_url")
     @classmethod
-    def _pads(cls, v: list[int]) -> list[int]:
-        if any(p < 0 or p > 512 for p in v):
-            raise ValueError("each pad must be between 0 and 512 pixels")
-        return v
+    def _video_url(cls, v: str) -> str:
+        return _http_url(v)
 
 
-# Base order matters: pydantic lists inherited fields from the last base first, so the URLs stay at the
-# top of LipSyncIn's schema as before.
-class LipSyncIn(_LipSyncOptions, _LipSyncInputURLs):
+# Base order matters: pydantic lists inherited fields from the last base first, so the URLs come first
+# in the schema, then the characters, then the settings (declared in lipsync.options), then delivery.
+class FaceTrackingIn(_JobFields, TrackOptions, _Characters, _VideoURL):
+    """POST /face-tracking: every tracking setting of POST /lipsync, declared once in lipsync.options."""
+
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True,
+        extra="forbid", strict=True, populate_by_name=True,
+        json_schema_extra={"examples": [{
+            "video_url": "https://example.com/video.mp4",
+            "characters": [EXAMPLE_CHARACTER],
+            "similarity_threshold": 0.5,
+            "temporal_smoothing": 0.3,
+        }]},
+    )
+    options_model: ClassVar[type[TrackOptions]] = TrackOptions
+
+
+class _AudioURL(_Strict):
+    audio_url: str = Field(..., description="http(s) URL of the speech to lip-sync to.")
+
+    @field_validator("audio_url")
+    @classmethod
+    def _audio_url(cls, v: str) -> str:
+        return _http_url(v)
+
+
+class LipSyncIn(_JobFields, LipSyncOptions, _Characters, _AudioURL, _VideoURL):
+    """POST /lipsync and POST /jobs: the input URLs, the characters and every lip-sync setting."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, populate_by_name=True,
         json_schema_extra={"examples": [EXAMPLE_LIPSYNC, {**EXAMPLE_LIPSYNC, "async": True,
                                                            "webhook_url": "https://example.com/hook",
                                                            "enhance_quality": False, "loop_mode": "pingpong"}]},
     )
+    options_model: ClassVar[type[TrackOptions]] = LipSyncOptions
 
 
 class UploadCharacterIn(_Strict):
@@ -217,17 +206,23 @@ EXAMPLE_UPLOAD_OPTIONS = {
 }
 
 
-class LipSyncUploadOptions(_LipSyncOptions):
+class LipSyncUploadOptions(_JobFields, LipSyncOptions):
     """The `options` part of POST /lipsync/upload: the settings of POST /lipsync without the input URLs."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True,
                               json_schema_extra={"examples": [EXAMPLE_UPLOAD_OPTIONS]})
+    options_model: ClassVar[type[TrackOptions]] = LipSyncOptions
 
-    characters: list[UploadCharacterIn] = Field(  # type: ignore[assignment]  # narrowed on purpose
+    characters: list[UploadCharacterIn] = Field(
         default_factory=list, max_length=16,
         description="Characters to lip-sync, each naming its uploaded reference file(s); empty: the most "
         "prominent face.",
     )
+
+    @field_validator("characters")
+    @classmethod
+    def _chars(cls, v: list) -> list:
+        return _unique_ids(v)
 
 
 # --- responses ------------------------------------------------------------------------------------

@@ -137,12 +137,11 @@ def _params(received: Received, options: LipSyncUploadOptions) -> dict[str, Any]
                            "reference_files": [by_name[n].path.name for n in ch.references]})
     assert received.video is not None and received.audio is not None  # finish() checked
     files = [received.video, received.audio, *received.references]
-    return {
-        **options.model_dump(mode="json", exclude={"async_", "characters"}),
-        "characters": characters,
-        "inputs": LOCAL_INPUTS,
-        "video_file": received.video.path.name,
-        "audio_file": received.audio.path.name,
+    return options.job_params(
+        characters=characters,
+        inputs=LOCAL_INPUTS,
+        video_file=received.video.path.name,
+        audio_file=received.audio.path.name,
         # For error messages: the job names files by the part and the client's file name.
-        "uploads": {f.path.name: {"field": f.part, "filename": f.filename} for f in files},
-    }
+        uploads={f.path.name: {"field": f.part, "filename": f.filename} for f in files},
+    )

@@ -17,16 +17,17 @@ from lipsync.api.netguard import redact
 from lipsync.api.upload import Uploader
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, UploadLost
-from lipsync.jobs.engine import Engine, LipSyncInputs, ModelGate, TrackingInputs
+from lipsync.jobs.engine import Engine, ModelGate
 from lipsync.jobs.models import JobRecord
 from lipsync.jobs.runner import JobContext
+from lipsync.options import LipSyncOptions, TrackOptions, options_from_record
+from lipsync.request import LipSyncRequest, TrackingRequest
 from lipsync.types import Character
 
 log = logging.getLogger(__name__)
 
 # Internal field names (pipeline, media) -> the API's request field names.
-_FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "batch_size": "wav2lip_batch_size",
-                "output": "upload_url"}
+_FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "output": "upload_url"}
 
 
 # Downloaded inputs are saved as video.<ext>, audio.<ext>, ref<i>.<ext> (see JobWork._download).
@@ -187,39 +188,23 @@ class JobWork:
 
     def _lipsync(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
         p = job.params
+        # Re-validated before any download: a record may come from an older version (flat fields).
+        options = options_from_record(p, LipSyncOptions)
         video, audio, characters = self._download(p, ctx, audio=True)
         if audio is None:  # cannot happen: requested above; keeps the type checker honest
             raise InputError("audio_url is required", field="audio_url")
-        out = ctx.workdir / "output.mp4"
-        inputs = LipSyncInputs(
-            video=video,
-            audio=audio,
-            out=out,
-            characters=characters,
-            loop_mode=p.get("loop_mode", "crossfade"),
-            crossfade_frames=int(p.get("crossfade_frames", 10)),
-            enhance=bool(p.get("enhance_quality", True)),
-            similarity_threshold=float(p.get("similarity_threshold", 0.5)),
-            temporal_smoothing=float(p.get("temporal_smoothing", 0.3)),
-            pads=tuple(int(x) for x in p.get("pads", (0, 20, 0, 0))),  # type: ignore[arg-type]
-            batch_size=p.get("wav2lip_batch_size"),
-        )
-        output = self.engine.lipsync(inputs, ctx.progress)
+        request = LipSyncRequest(video, audio, ctx.workdir / "output.mp4", characters, options)
+        output = self.engine.lipsync(request, ctx.progress)
         ctx.check_cancelled()
         return {**self._deliver(job, output.out, ctx), "duration": round(output.duration, 4),
                 "stats": output.stats}
 
     def _face_tracking(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
         p = job.params
+        options = options_from_record(p, TrackOptions)
         video, _, characters = self._download(p, ctx, audio=False)
-        inputs = TrackingInputs(
-            video=video,
-            out=ctx.workdir / "tracking.mp4",
-            characters=characters,
-            similarity_threshold=float(p.get("similarity_threshold", 0.5)),
-            temporal_smoothing=float(p.get("temporal_smoothing", 0.3)),
-        )
-        output = self.engine.face_tracking(inputs, ctx.progress)
+        request = TrackingRequest(video, ctx.workdir / "tracking.mp4", characters, options)
+        output = self.engine.face_tracking(request, ctx.progress)
         ctx.check_cancelled()
         return {**self._deliver(job, output.out, ctx), "duration": round(output.duration, 4),
                 "stats": output.stats, "tracks": output.extra.get("tracks", {})}

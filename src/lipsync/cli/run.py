@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lipsync.cli._common import ProgressBar, parse_character_specs
+from lipsync.cli.options import add_options, options_from_cli
 from lipsync.config import Settings
-from lipsync.types import DEFAULT_PADS, DEVICE_CHOICES, LOOP_MODES
+from lipsync.options import LipSyncOptions
+from lipsync.request import LipSyncRequest
+from lipsync.types import DEVICE_CHOICES
 
 _STAGE_LABELS = {
     "prepare": "prepare",
@@ -32,17 +36,7 @@ _STAGE_LABELS = {
     help="A character to sync, by reference image; repeat for several (same ID again adds an image). "
     "Without any, the most prominent face is synced.",
 )  # fmt: skip
-@click.option("--loop-mode", type=click.Choice(LOOP_MODES), default="crossfade", show_default=True,
-              help="How to extend a video shorter than the audio.")  # fmt: skip
-@click.option("--crossfade-frames", type=click.IntRange(0, 1000), default=10, show_default=True)
-@click.option("--enhance/--no-enhance", default=True, show_default=True, help="GFPGAN face enhancement.")
-@click.option("--similarity-threshold", type=click.FloatRange(0, 1), default=None,
-              help="Face match threshold, 0-1 (default: the face backend's, 0.5).")  # fmt: skip
-@click.option("--temporal-smoothing", type=click.FloatRange(0, 1), default=0.3, show_default=True)
-@click.option("--pads", type=click.IntRange(0, 1000), nargs=4, default=DEFAULT_PADS, show_default=True,
-              metavar="T B L R", help="Face crop padding in pixels: top bottom left right.")  # fmt: skip
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=None,
-              help="Wav2Lip batch size (default: 128 on CUDA, 16 on CPU).")  # fmt: skip
+@add_options(LipSyncOptions)
 @click.option(
     "--device", type=click.Choice(DEVICE_CHOICES), default=None, help="Default: LIPSYNC_DEVICE or auto."
 )
@@ -54,44 +48,26 @@ def run(
     audio: Path,
     output: Path,
     characters: tuple[str, ...],
-    loop_mode: str,
-    crossfade_frames: int,
-    enhance: bool,
-    similarity_threshold: float | None,
-    temporal_smoothing: float,
-    pads: tuple[int, int, int, int],
-    batch_size: int | None,
     device: str | None,
     stats_path: Path | None,
     progress: bool,
+    **settings_given: Any,
 ) -> None:
     """Lip-sync VIDEO to AUDIO and write OUT (MP4, H.264 + AAC)."""
-    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest, check_request
+    # Settings first: a bad value fails in a second, before any model is downloaded or loaded.
+    options = options_from_cli(LipSyncOptions, settings_given)
+    request = LipSyncRequest(video, audio, output, parse_character_specs(characters), options)
+    from lipsync.pipeline import LipSyncPipeline, check_request
 
-    overrides: dict = {}
-    if device is not None:
-        overrides["device"] = device
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    settings = Settings(**overrides) if overrides else Settings()
-    request = LipSyncRequest(
-        video=video,
-        audio=audio,
-        output=output,
-        characters=parse_character_specs(characters),
-        loop_mode=loop_mode,  # type: ignore[arg-type]  # click.Choice(LOOP_MODES) guarantees it
-        crossfade_frames=crossfade_frames,
-        enhance=enhance,
-        similarity_threshold=similarity_threshold,
-        temporal_smoothing=temporal_smoothing,
-        pads=tuple(pads),  # type: ignore[arg-type]
-        batch_size=batch_size,
-    )
-    # Bad inputs fail in a second, before any model is downloaded or loaded.
     check_request(request)
+    overrides: dict[str, Any] = {"device": device} if device is not None else {}
+    if options.wav2lip_batch_size is not None:
+        # A one-off process: the loaded generator's own cap (and OOM back-off start) is the asked batch.
+        overrides["batch_size"] = options.wav2lip_batch_size
+    settings = Settings(**overrides)
     pipeline = LipSyncPipeline(settings)
     with ProgressBar(progress, unit="B") as downloads:
-        for name in pipeline.required_models(enhance):
+        for name in pipeline.required_models(pipeline.enhance_enabled(options)):
             pipeline.store.ensure(name, progress=downloads.for_label(f"downloading {name}"))
 
     with ProgressBar(progress, labels=_STAGE_LABELS) as bars:

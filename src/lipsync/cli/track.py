@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lipsync.cli._common import ProgressBar, parse_character_specs
+from lipsync.cli.options import add_options, options_from_cli
 from lipsync.config import Settings
+from lipsync.options import TrackOptions
 from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
 
 
@@ -24,14 +27,7 @@ from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
     help="A character by reference image; repeat for several (the same ID again adds an image). "
     "Without any, the most prominent face is tracked as 'face'.",
 )  # fmt: skip
-@click.option("--similarity-threshold", type=click.FloatRange(0, 1), default=None,
-              help="Match threshold on the backend's 0-1 scale (default: the backend's, 0.5).")  # fmt: skip
-@click.option("--sample-every", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="Detect faces every N frames (and at shot changes); interpolate in between.")  # fmt: skip
-@click.option("--temporal-smoothing", type=click.FloatRange(0, 1), default=0.3, show_default=True,
-              help="Box smoothing, 0 (off) to 1; zero-phase, so boxes do not lag.")  # fmt: skip
-@click.option("--shot-threshold", type=click.FloatRange(0.01, 1), default=0.3, show_default=True,
-              help="Histogram distance above which a frame starts a new shot.")  # fmt: skip
+@add_options(TrackOptions)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the tracks as JSON here.")  # fmt: skip
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -45,20 +41,18 @@ from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
 def track(
     video: Path,
     characters: tuple[str, ...],
-    similarity_threshold: float | None,
-    sample_every: int,
-    temporal_smoothing: float,
-    shot_threshold: float,
     json_path: Path | None,
     out: Path | None,
     backend: str | None,
     device: str | None,
     progress: bool,
+    **settings_given: Any,
 ) -> None:
     """Track faces in VIDEO: boxes per character in its own colour, labelled with name and similarity;
     dashed boxes and hollow markers show interpolated frames."""
     if out is None and json_path is None:
         raise click.UsageError("nothing to write: give --out vis.mp4 and/or --json tracks.json")
+    options = options_from_cli(TrackOptions, settings_given)
     chars = parse_character_specs(characters)
 
     from lipsync.faces import (
@@ -80,16 +74,10 @@ def track(
     if not info.has_video:
         raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
     faces = create_face_backend(settings)
-    threshold = faces.default_threshold if similarity_threshold is None else similarity_threshold
-    options = TrackingOptions(
-        similarity_threshold=threshold,
-        temporal_smoothing=temporal_smoothing,
-        sample_every=sample_every,
-        shot_change_threshold=shot_threshold,
-    )
     with ProgressBar(progress) as bar:
         tracks = track_characters(
-            iter_frames(video, info=info), faces, chars, options, num_frames=info.num_frames,
+            iter_frames(video, info=info), faces, chars, TrackingOptions.from_job(options),
+            num_frames=info.num_frames,
             progress=bar.for_label("tracking"),
         )  # fmt: skip
         if json_path is not None:

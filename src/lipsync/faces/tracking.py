@@ -44,26 +44,33 @@ import numpy as np
 from lipsync.faces.backend import FaceBackend, embed_faces, similarity_matrix
 from lipsync.faces.matching import CharacterRef, build_references, match_faces
 from lipsync.faces.smoothing import contiguous_runs, smooth_segment
-from lipsync.types import DEFAULT_PADS, Box, Character, Face, Pads, Track, TrackPoint
+from lipsync.options import TrackOptions
+from lipsync.types import Box, Character, Face, Pads, Track, TrackPoint
 
 log = logging.getLogger(__name__)
+
+# The job settings this tracker takes; their defaults and ranges are declared once, in lipsync.options.
+_JOB = TrackOptions()
+_JOB_KNOBS = ("similarity_threshold", "temporal_smoothing", "sample_every", "shot_change_threshold")
 
 ANONYMOUS_ID = "face"
 
 
 @dataclass(frozen=True)
 class TrackingOptions:
-    """Knobs of :func:`track_characters`. ``pads`` are carried for the pipeline (see :func:`pad_track`);
-    tracks themselves hold unpadded face boxes."""
+    """Knobs of :func:`track_characters`. The user-facing ones are job settings declared in
+    :mod:`lipsync.options` (their defaults are read from there; build from a job's settings with
+    :meth:`from_job`); the rest are internal tuning. ``pads`` are carried for the pipeline (see
+    :func:`pad_track`); tracks themselves hold unpadded face boxes."""
 
-    similarity_threshold: float = 0.5
-    temporal_smoothing: float = 0.3
-    sample_every: int = 5
-    pads: Pads = DEFAULT_PADS
+    similarity_threshold: float = _JOB.similarity_threshold
+    temporal_smoothing: float = _JOB.temporal_smoothing
+    sample_every: int = _JOB.sample_every
+    pads: Pads = _JOB.pads_tuple
     # Bhattacharyya distance between consecutive thumbnails' HSV histograms above which a cut is declared.
     # Measured on the shared talking-head clips: <= 0.06 within a shot, >= 0.8 across clips. A missed cut
     # costs wrong boxes for up to sample_every frames, a false one a single extra detection: err low.
-    shot_change_threshold: float = 0.3
+    shot_change_threshold: float = _JOB.shot_change_threshold
     refine_transitions: bool = True
     continuity_iou: float = 0.5
     continuity_margin: float = 0.1
@@ -71,6 +78,12 @@ class TrackingOptions:
     # Frames kept between samples for the appear/disappear search; with a larger sample_every only every
     # k-th frame is kept (the boundary is then found to within k frames, erring towards "absent").
     max_buffered_frames: int = 64
+
+    @classmethod
+    def from_job(cls, job: TrackOptions, **internal: object) -> TrackingOptions:
+        """The tracker's knobs for a job's validated settings (plus any internal overrides)."""
+        shared = {name: getattr(job, name) for name in _JOB_KNOBS}
+        return cls(**{**shared, "pads": job.pads_tuple, **internal})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.similarity_threshold <= 1.0:

@@ -1,6 +1,6 @@
 """Jobs: records, the SQLite store, the worker pool, webhooks and the engine seam."""
 
-from lipsync.jobs.engine import Engine, EngineOutput, LipSyncInputs, ModelGate, PipelineEngine, TrackingInputs
+from lipsync.jobs.engine import Engine, EngineOutput, ModelGate, PipelineEngine
 from lipsync.jobs.models import FINAL_STATUSES, JOB_STATUSES, JobFailure, JobRecord
 from lipsync.jobs.runner import JobContext, JobRunner
 from lipsync.jobs.store import JobStore
@@ -17,10 +17,8 @@ __all__ = [
     "JobRecord",
     "JobRunner",
     "JobStore",
-    "LipSyncInputs",
     "ModelGate",
     "PipelineEngine",
-    "TrackingInputs",
     "WebhookSender",
     "sign",
     "verify",

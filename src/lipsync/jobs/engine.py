@@ -20,35 +20,11 @@ from typing import Any, Protocol
 
 from lipsync.config import Settings
 from lipsync.errors import LipSyncError, NotReady
-from lipsync.types import Character, LoopMode, Pads
+from lipsync.request import LipSyncRequest, TrackingRequest
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class LipSyncInputs:
-    video: Path
-    audio: Path
-    out: Path
-    characters: tuple[Character, ...] = ()
-    loop_mode: LoopMode = "crossfade"
-    crossfade_frames: int = 10
-    enhance: bool = True
-    similarity_threshold: float = 0.5
-    temporal_smoothing: float = 0.3
-    pads: Pads = (0, 20, 0, 0)
-    batch_size: int | None = None
-
-
-@dataclass(frozen=True)
-class TrackingInputs:
-    video: Path
-    out: Path
-    characters: tuple[Character, ...] = ()
-    similarity_threshold: float = 0.5
-    temporal_smoothing: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -72,9 +48,9 @@ class Engine(Protocol):
     def device_info(self) -> dict[str, Any]:
         """{'gpu_available': bool, 'gpu_name': str|None, 'gpu_memory_gb': float|None, 'gpu_count': int}."""
 
-    def lipsync(self, inputs: LipSyncInputs, progress: ProgressFn) -> EngineOutput: ...
+    def lipsync(self, request: LipSyncRequest, progress: ProgressFn) -> EngineOutput: ...
 
-    def face_tracking(self, inputs: TrackingInputs, progress: ProgressFn) -> EngineOutput: ...
+    def face_tracking(self, request: TrackingRequest, progress: ProgressFn) -> EngineOutput: ...
 
 
 PipelineFactory = Callable[[Settings], Engine]
@@ -208,44 +184,24 @@ class PipelineEngine:
     def device_info(self) -> dict[str, Any]:
         return torch_device_info()
 
-    def lipsync(self, inputs: LipSyncInputs, progress: ProgressFn) -> EngineOutput:
-        from lipsync.pipeline import LipSyncRequest
-
-        request = LipSyncRequest(
-            video=inputs.video,
-            audio=inputs.audio,
-            output=inputs.out,
-            characters=inputs.characters,
-            loop_mode=inputs.loop_mode,
-            crossfade_frames=inputs.crossfade_frames,
-            enhance=inputs.enhance,
-            similarity_threshold=inputs.similarity_threshold,
-            temporal_smoothing=inputs.temporal_smoothing,
-            pads=inputs.pads,
-            batch_size=inputs.batch_size,
-        )
+    def lipsync(self, request: LipSyncRequest, progress: ProgressFn) -> EngineOutput:
         with self.acquire() as pipeline:
             result = pipeline(request, progress)
         return EngineOutput(out=result.output, duration=float(result.stats.duration_s),
                             stats=result.stats.to_dict())
 
-    def face_tracking(self, inputs: TrackingInputs, progress: ProgressFn) -> EngineOutput:
+    def face_tracking(self, request: TrackingRequest, progress: ProgressFn) -> EngineOutput:
         from lipsync.faces import render_tracking, tracks_to_json
 
-        tracked = self.pipeline.track(
-            inputs.video,
-            inputs.characters,
-            similarity_threshold=inputs.similarity_threshold,
-            temporal_smoothing=inputs.temporal_smoothing,
-            progress=progress,
-        )
-        render_tracking(inputs.video, tracked.tracks, inputs.out, info=tracked.info,
+        tracked = self.pipeline.track(request.video, request.characters, request.options, progress=progress)
+        render_tracking(request.video, tracked.tracks, request.output, info=tracked.info,
                         progress=lambda done, total: progress("render", done, total))
         info = tracked.info
         tracks = tracks_to_json(tracked.tracks, info.fps, info.num_frames)
         stats = {"frames": info.num_frames, "fps": float(info.fps),
                  "faces": {t.character_id: len(t) for t in tracked.tracks}}
-        return EngineOutput(out=inputs.out, duration=float(info.duration), stats=stats, extra={"tracks": tracks})
+        return EngineOutput(out=request.output, duration=float(info.duration), stats=stats,
+                            extra={"tracks": tracks})
 
 
 def default_pipeline_factory(settings: Settings) -> Engine:

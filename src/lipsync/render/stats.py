@@ -1,0 +1,63 @@
+"""Run statistics: per-character frame counts, blending methods, seconds per stage."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class CharacterStats:
+    id: str
+    name: str
+    frames_synced: int = 0
+    frames_passed_through: int = 0
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    source_frames: int = 0
+    tracked_frames: int = 0  # source frames the tracker read (those the plan uses)
+    fps: float = 0.0
+    duration_s: float = 0.0
+    loop_mode: str = ""
+    device: str = ""
+    batch_size: int = 0
+    characters: dict[str, CharacterStats] = field(default_factory=dict)
+    faces_synced: int = 0
+    poisson: int = 0
+    feather: int = 0
+    enhanced: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    realtime_factor: float = 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["characters"] = [asdict(c) for c in self.characters.values()]
+        out["stage_seconds"] = {k: round(v, 4) for k, v in self.stage_seconds.items()}
+        # Frames per second of each stage; tracking is per source frame read, every other stage per output frame.
+        out["stage_fps"] = {
+            k: round((self.tracked_frames if k == "track" else self.frames) / v, 2)
+            for k, v in self.stage_seconds.items()
+            if v > 0 and self.frames and k not in ("load_models", "encode_wait")
+        }
+        return out
+
+
+class StageTimer:
+    """Adds up wall seconds per stage name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
