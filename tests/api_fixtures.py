@@ -88,7 +88,9 @@ class FakeEngine:
                 probe(ref)
         duration = self._work(inputs.video, progress, "lipsync")
         shutil.copyfile(inputs.video, inputs.output)
-        return EngineOutput(out=inputs.output, duration=duration, stats={"fake": True, "frames": 0})
+        # The settings the engine was given, so tests can see what the API made of a request.
+        stats = {"fake": True, "frames": 0, "options": inputs.options.model_dump(mode="json")}
+        return EngineOutput(out=inputs.output, duration=duration, stats=stats)
 
     def face_tracking(self, inputs, progress):
         from lipsync.jobs.engine import EngineOutput
@@ -97,7 +99,8 @@ class FakeEngine:
         shutil.copyfile(inputs.video, inputs.output)
         tracks = {"characters": [{"id": c.id, "name": c.name, "frames": []} for c in inputs.characters],
                   "fps": 25.0, "num_frames": 0}
-        return EngineOutput(out=inputs.output, duration=duration, stats={"fake": True}, extra={"tracks": tracks})
+        stats = {"fake": True, "options": inputs.options.model_dump(mode="json")}
+        return EngineOutput(out=inputs.output, duration=duration, stats=stats, extra={"tracks": tracks})
 
 
 def make_fake_app():

@@ -14,6 +14,7 @@ Torch-free on purpose: the API node, the CLI's argument parsing and the job stor
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any, Literal, get_args
 
@@ -105,7 +106,7 @@ class LipSyncOptions(TrackOptions):
         None, ge=1, le=1024,
         description="Faces per Wav2Lip forward pass (default: LIPSYNC_BATCH_SIZE, else 128 on CUDA, 16 on "
         "CPU).",
-        json_schema_extra=_meta("generation", LIPSYNC, cli_aliases=["--batch-size"]),
+        json_schema_extra=_meta("generation", LIPSYNC, cli_aliases=["--batch-size"], none_means="per device"),
     )  # fmt: skip
     enhance: EnhanceChoice = Field(
         "auto",
@@ -264,3 +265,75 @@ def resolve_enhance(choice: EnhanceChoice, device_type: str) -> bool:
         "" if on else " (it costs seconds a face on a CPU; enhance=on forces it)",
     )  # fmt: skip
     return on
+
+
+# --- documentation --------------------------------------------------------------------------------------
+
+
+def cli_flag(name: str) -> str:
+    """The CLI spelling of a setting: the API's name in dash form."""
+    return "--" + name.replace("_", "-")
+
+
+def _type_text(info: FieldInfo) -> str:
+    choices = field_choices(info)
+    if choices:
+        return "string"
+    text = str(info.annotation)
+    for word in ("list", "bool", "float", "int"):
+        if word in text:
+            return {"list": "int[4]"}.get(word, word)
+    return "string"
+
+
+def default_text(info: FieldInfo) -> str:
+    default = info.get_default(call_default_factory=True)
+    if default is None:
+        return field_meta(info).get("none_means", "unset")
+    return json.dumps(default)
+
+
+def _allowed_text(info: FieldInfo) -> str:
+    choices = field_choices(info)
+    if choices:
+        return ", ".join(f"`{c}`" for c in choices)
+    lo, hi = field_bounds(info)
+    if lo is None and hi is None:
+        return ""
+    each = "each " if isinstance(info.get_default(call_default_factory=True), list) else ""
+    return f"{each}{lo:g}–{hi:g}" if lo is not None and hi is not None else f"{lo}–{hi}"
+
+
+def options_markdown() -> str:
+    """The README's table of job settings, generated from the model (a test keeps the README in step)."""
+    rows = [
+        "| API field | CLI | type | default | allowed | jobs | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group in GROUPS:
+        for name, info in LipSyncOptions.model_fields.items():
+            meta = field_meta(info)
+            if meta.get("group") != group:
+                continue
+            shown = default_text(info)
+            flags = [cli_flag(name)]
+            if _type_text(info) == "bool":
+                flags.append(f"--no-{name.replace('_', '-')}")
+            cli = "—" if meta.get("cli") is False else " ".join(
+                [*(f"`{f}`" for f in flags), *(f"`{a}`" for a in meta.get("cli_aliases", [])),
+                 *([f"`{meta['cli_flag_off']}`"] if "cli_flag_off" in meta else [])]
+            )
+            kinds = ", ".join("/face-tracking, track" if k == TRACKING else "lipsync, run" for k in meta["kinds"])
+            rows.append(
+                f"| `{name}` | {cli} | {_type_text(info)} | `{shown}` | {_allowed_text(info)} | {kinds} "
+                f"| {group}: {info.description} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m lipsync.options --markdown
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m lipsync.options --markdown")
+    sys.stdout.write(options_markdown())

@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 
 from lipsync.options import (
     GROUPS,
+    cli_flag,
     field_bounds,
     field_choices,
     field_meta,
@@ -22,10 +23,6 @@ from lipsync.options import (
 )
 
 F = Callable[..., Any]
-
-
-def cli_flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _range_text(info: FieldInfo) -> str:
@@ -39,7 +36,7 @@ def _range_text(info: FieldInfo) -> str:
 def _default_text(info: FieldInfo) -> str:
     default = info.get_default(call_default_factory=True)
     if default is None:
-        return "per device"
+        return str(field_meta(info).get("none_means", "unset"))
     if isinstance(default, bool):
         return "on" if default else "off"
     if isinstance(default, list):
