@@ -386,3 +386,25 @@ def test_help_texts_come_from_the_model():
         first_words = " ".join(info.description.split()[:4])
         assert first_words in flat, (name, first_words)
     assert json.dumps(LipSyncOptions().model_dump(mode="json"))  # serialisable as stored
+
+
+def test_character_id_rule_is_one_for_cli_and_api(tmp_path):
+    import click
+
+    from lipsync.api.schemas import CharacterIn
+    from lipsync.cli._common import parse_character_specs
+    from lipsync.types import is_character_id
+
+    image = tmp_path / "ref.jpg"
+    image.write_bytes(b"x")
+    for good in ("speaker", "a", "Host_2.b-c", "x" * 64):
+        assert is_character_id(good)
+        parse_character_specs([f"{good}:Name:{image}"])
+        CharacterIn(id=good, reference_image_url="https://e.com/r.jpg")
+    for bad in ("speaker\n", "_x", "", "x" * 65, "a b", "ü"):
+        assert not is_character_id(bad), repr(bad)
+        if bad.strip() == bad:  # the CLI strips blanks around each part of ID:NAME:IMAGE first
+            with pytest.raises(click.BadParameter):
+                parse_character_specs([f"{bad}:Name:{image}"])
+        with pytest.raises(ValueError):
+            CharacterIn(id=bad, reference_image_url="https://e.com/r.jpg")

@@ -130,7 +130,7 @@ class LipSyncOptions(TrackOptions):
     enhance_quality: bool | None = Field(
         None, exclude=True,
         description="The brief's spelling of enhance: true means on, false off (not both).",
-        json_schema_extra=_meta("compositing", LIPSYNC, cli=False),
+        json_schema_extra=_meta("compositing", LIPSYNC, cli=False, alias_of="enhance"),
     )  # fmt: skip
 
     @model_validator(mode="after")
@@ -329,6 +329,22 @@ def options_markdown() -> str:
                 f"| {group}: {info.description} |"
             )
     return "\n".join(rows) + "\n"
+
+
+def option_schema(model: type[_Options] = LipSyncOptions) -> dict[str, Any]:
+    """The settings as plain data for forms (GET /options): the order, groups and texts of the model."""
+    fields = []
+    for name, info in model.model_fields.items():
+        meta = field_meta(info)
+        lo, hi = field_bounds(info)
+        fields.append({
+            "name": name, "type": _type_text(info), "default": info.get_default(call_default_factory=True),
+            "min": lo, "max": hi, "choices": list(field_choices(info) or []) or None,
+            "nullable": "None" in str(info.annotation), "description": info.description or "",
+            "group": meta.get("group"), "kinds": meta.get("kinds", []), "alias_of": meta.get("alias_of"),
+            "default_text": default_text(info),
+        })
+    return {"groups": list(GROUPS), "fields": fields}
 
 
 if __name__ == "__main__":  # python -m lipsync.options --markdown

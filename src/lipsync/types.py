@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -20,9 +21,17 @@ FACE_BACKENDS: tuple[str, ...] = get_args(FaceBackendName)
 Wav2LipVariant = Literal["wav2lip_gan", "wav2lip"]
 WAV2LIP_VARIANTS: tuple[str, ...] = get_args(Wav2LipVariant)
 
-# (top, bottom, left, right) in pixels, as in the brief; the default reaches down to the chin.
+# (top, bottom, left, right) in pixels, as in the brief (the default is a job setting: lipsync.options).
 Pads = tuple[int, int, int, int]
-DEFAULT_PADS: Pads = (0, 20, 0, 0)
+
+# A character id, the same for the API and the CLI: it names the character in stats, tracks and errors.
+CHARACTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+CHARACTER_ID_RULE = "1-64 characters: letters, digits, '_', '.', '-' (starting with a letter or digit)"
+
+
+def is_character_id(value: str) -> bool:
+    # fullmatch: "speaker\n" must not pass as "speaker" ($ would match before a final newline).
+    return isinstance(value, str) and CHARACTER_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

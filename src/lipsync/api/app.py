@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from filelock import FileLock, Timeout
 from lipsync import __version__
 from lipsync.api.auth import make_auth_dependency
 from lipsync.api.errors import error_response, install_error_handlers
+from lipsync.api.events import StreamCounter
 from lipsync.api.fetch import Fetcher, FetchLimits
 from lipsync.api.netguard import check_url
 from lipsync.api.receive import upload_body_limit
-from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers, job_view
+from lipsync.api.routes import UPLOAD_PATHS, Waiters, build_routers, job_view
+from lipsync.api.ui import mount_ui
 from lipsync.api.upload import Uploader
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
@@ -64,6 +67,7 @@ class AppState:
     fetcher: Fetcher
     uploader: Uploader
     device_info: dict[str, Any]
+    event_streams: StreamCounter = dc_field(default_factory=StreamCounter)
 
     def check_urls(self, params: dict[str, Any]) -> None:
         """Early SSRF check at submission, so an unsafe URL is a 422 now rather than a failed job later
@@ -150,7 +154,7 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
         # Request bodies are small JSON documents; refuse big ones before reading them. The upload
         # endpoint carries media: its cap is the sum of the per-file limits (each part is also checked,
         # and the running total, while it streams in, for bodies sent without a Content-Length).
-        limit = upload_limit if request.url.path == UPLOAD_PATH else MAX_BODY_BYTES
+        limit = upload_limit if request.url.path in UPLOAD_PATHS else MAX_BODY_BYTES
         length = request.headers.get("content-length")
         if length and (not length.isdigit() or int(length) > limit):
             return error_response(413, "request_too_large", f"request body over {limit} bytes")
@@ -159,4 +163,5 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     public, private = build_routers(auth)
     app.include_router(public)
     app.include_router(private)
+    mount_ui(app)
     return app

@@ -99,10 +99,10 @@ class MultipartReceiver:
         for kind, data in events:
             self._handle(kind, data)
 
-    def finish(self) -> Received:
+    def finish(self, required: tuple[str, ...] = ("video", "audio")) -> Received:
         if not self._ended:
             raise RequestInvalid("the multipart/form-data body ended before its closing boundary")
-        for name in ("video", "audio"):
+        for name in required:
             if getattr(self.received, name) is None:
                 raise RequestInvalid(f"{name}: file part required", field=name)
         return self.received

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lipsync import __version__
 from lipsync.api.errors import ResultNotReady, ResultNotStored, failure_response
+from lipsync.api.events import events_response, job_events
 from lipsync.api.schemas import (
     ErrorOut,
     FaceTrackingIn,
@@ -21,19 +22,31 @@ from lipsync.api.schemas import (
     HealthOut,
     InfoOut,
     JobAccepted,
+    JobListOut,
     JobOut,
     LipSyncIn,
     LipSyncOut,
 )
 from lipsync.api.upload_job import UPLOAD_DESCRIPTION, UPLOAD_OPENAPI, receive_and_submit
-from lipsync.jobs.models import JobRecord
+from lipsync.errors import InputError
+from lipsync.jobs.models import JOB_STATUSES, JobRecord
+from lipsync.options import LipSyncOptions, option_schema
 
 UPLOAD_PATH = "/lipsync/upload"
+TRACKING_UPLOAD_PATH = "/face-tracking/upload"
+# Routes whose body is streamed media (their size cap is the uploads', not the JSON bodies').
+UPLOAD_PATHS = (UPLOAD_PATH, TRACKING_UPLOAD_PATH)
+MAX_LIST_LIMIT = 100
 
 ENDPOINTS = {
     "GET /health": "model loading status, GPU and queue",
     "GET /": "this information",
     "POST /face-tracking": "track characters; visualization video + tracks JSON",
+    "POST /face-tracking/upload": "the same with an uploaded video and reference photos (multipart/form-data)",
+    "GET /jobs": "recent jobs, newest first (?limit=&status=&before=)",
+    "GET /jobs/{id}/events": "a job's progress as server-sent events, until it ends",
+    "GET /options": "every job setting: type, default, range, description (the form of /ui)",
+    "GET /ui": "a web page to try the service",
     "POST /lipsync": "lip-sync a video to an audio (waits unless \"async\": true)",
     "POST /lipsync/upload": "the same with uploaded files (multipart/form-data) instead of URLs",
     "POST /jobs": "queue a lip-sync job (202 + job id)",
@@ -138,6 +151,12 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
             "models_error": gate.error.message if gate.error else None,
         }
 
+    @public.get("/options", summary="Every job setting, from the options model")
+    async def options() -> dict[str, Any]:
+        """For forms (the /ui page): each setting's name, type, default, range or choices, description,
+        group and the job kinds that use it. The same model validates every request."""
+        return option_schema(LipSyncOptions)
+
     @private.get("/", response_model=InfoOut, summary="API information")
     async def info() -> dict[str, Any]:
         return {"name": "lipsync", "version": __version__, "endpoints": ENDPOINTS}
@@ -222,6 +241,50 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
         if body.async_:
             return _accepted(record)
         return await _finish_sync(request, record, ("tracks",))
+
+    @private.post(
+        TRACKING_UPLOAD_PATH, summary="Track faces in an uploaded video",
+        description="The same as POST /face-tracking with the files uploaded (multipart/form-data): a "
+        "`video` part, `references` parts and an `options` JSON part (the /face-tracking fields without "
+        "`video_url`, each character naming its photo(s) by file name in `reference`).",
+        responses={200: {"model": FaceTrackingOut}, 202: {"model": JobAccepted}, **_ERRORS,
+                   415: {"model": ErrorOut, "description": "Not multipart/form-data"}},
+        response_model=None,
+    )
+    async def face_tracking_upload(request: Request) -> JSONResponse:
+        state = request.app.state.lipsync
+        state.gate.check_accepting()
+        record, async_ = await receive_and_submit(request, state, "face_tracking")
+        if async_:
+            return _accepted(record)
+        return await _finish_sync(request, record, ("tracks",))
+
+    @private.get("/jobs", response_model=JobListOut, summary="Recent jobs, newest first")
+    async def list_jobs(request: Request, limit: int = 20, status: str | None = None,
+                        before: str | None = None) -> dict[str, Any]:
+        """Pages of at most `limit` (1-100) jobs, newest first, optionally of one `status`; pass the
+        previous page's `next` as `before` for the page after it."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputError(f"limit: must be 1-{MAX_LIST_LIMIT}, got {limit}", field="limit")
+        if status is not None and status not in JOB_STATUSES:
+            raise InputError(f"status: must be one of {', '.join(JOB_STATUSES)}, got {status!r}", field="status")
+        store = request.app.state.lipsync.store
+        records = await run_in_threadpool(lambda: store.recent(limit + 1, status=status, before=before))
+        page = records[:limit]
+        return {"jobs": [job_view(r) for r in page], "next": page[-1].id if len(records) > limit else None}
+
+    @private.get(
+        "/jobs/{job_id}/events", summary="Job progress as server-sent events",
+        responses={200: {"content": {"text/event-stream": {}}, "description": "progress events, then end"},
+                   404: {"model": ErrorOut, "description": "Unknown job"}},
+        response_class=JSONResponse,
+    )
+    async def job_events_stream(request: Request, job_id: str):
+        """`event: progress` with `{status, stage, done, total, attempts}` whenever the job changes, then
+        one `event: end` with the job's JSON (as GET /jobs/{id}); the stream closes when the job ends."""
+        state = request.app.state.lipsync
+        await run_in_threadpool(state.store.get, job_id)  # 404 now, not inside the stream
+        return events_response(job_events(job_id, state.store.get, job_view, state.event_streams))
 
     @private.get("/jobs/{job_id}", response_model=JobOut, summary="Job status",
                  responses={404: {"model": ErrorOut, "description": "Unknown job"}})

@@ -3,7 +3,6 @@ brief's field names and defaults are a public contract, the internals may change
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lipsync.api.netguard import check_url_syntax
 from lipsync.errors import UnsafeURL
 from lipsync.options import LipSyncOptions, TrackOptions
-
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+from lipsync.types import CHARACTER_ID_RULE, is_character_id
 
 EXAMPLE_CHARACTER = {
     "id": "speaker",
@@ -37,8 +35,8 @@ def _http_url(value: str) -> str:
 
 
 def _character_id(v: str) -> str:
-    if not _ID.fullmatch(v):
-        raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-' (starting alphanumeric)")
+    if not is_character_id(v):
+        raise ValueError(f"must be {CHARACTER_ID_RULE}")
     return v
 
 
@@ -225,6 +223,21 @@ class LipSyncUploadOptions(_JobFields, LipSyncOptions):
         return _unique_ids(v)
 
 
+class TrackingUploadOptions(_JobFields, TrackOptions):
+    """The `options` part of POST /face-tracking/upload: the settings of POST /face-tracking without the
+    video URL, the characters naming their uploaded reference file(s)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    options_model: ClassVar[type[TrackOptions]] = TrackOptions
+
+    characters: list[UploadCharacterIn] = LipSyncUploadOptions.model_fields["characters"]
+
+    @field_validator("characters")
+    @classmethod
+    def _chars(cls, v: list) -> list:
+        return _unique_ids(v)
+
+
 # --- responses ------------------------------------------------------------------------------------
 
 
@@ -300,6 +313,11 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+    next: str | None = Field(None, description="Pass as `before` for the next (older) page; null at the end.")
 
 
 class JobAccepted(BaseModel):

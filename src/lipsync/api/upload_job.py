@@ -29,7 +29,7 @@ from lipsync.api.receive import (
     multipart_boundary,
     upload_body_limit,
 )
-from lipsync.api.schemas import EXAMPLE_UPLOAD_OPTIONS, LipSyncUploadOptions
+from lipsync.api.schemas import EXAMPLE_UPLOAD_OPTIONS, LipSyncUploadOptions, TrackingUploadOptions
 from lipsync.api.work import LOCAL_INPUTS
 from lipsync.jobs.models import JobRecord, new_job_id
 
@@ -79,8 +79,16 @@ UPLOAD_OPENAPI: dict[str, Any] = {
 }
 
 
-async def receive_and_submit(request: Request, state: Any) -> tuple[JobRecord, bool]:
+# kind -> (the options part's model, the file parts that must be there)
+_KINDS: dict[str, tuple[type[LipSyncUploadOptions] | type[TrackingUploadOptions], tuple[str, ...]]] = {
+    "lipsync": (LipSyncUploadOptions, ("video", "audio")),
+    "face_tracking": (TrackingUploadOptions, ("video",)),
+}
+
+
+async def receive_and_submit(request: Request, state: Any, kind: str = "lipsync") -> tuple[JobRecord, bool]:
     """Returns the queued job and whether the client asked for ``async``."""
+    model, required = _KINDS[kind]
     boundary = multipart_boundary(request.headers.get("content-type"))
     max_file = state.settings.max_download_bytes
     job_id = new_job_id()
@@ -93,12 +101,12 @@ async def receive_and_submit(request: Request, state: Any) -> tuple[JobRecord, b
                 await run_in_threadpool(receiver.feed, chunk)
         except ClientDisconnect:
             raise RequestInvalid("the client disconnected during the upload") from None
-        received = receiver.finish()
-        options = _validate(received.options)
+        received = receiver.finish(required)
+        options = _validate(model, received.options)
         params = _params(received, options)
         await run_in_threadpool(state.check_urls, params)
         record = await run_in_threadpool(
-            state.runner.submit, "lipsync", params, webhook_url=params.get("webhook_url"), job_id=job_id
+            state.runner.submit, kind, params, webhook_url=params.get("webhook_url"), job_id=job_id
         )
     except BaseException:
         # Nothing was queued: these files belong to no job, so no one else will delete them.
@@ -109,15 +117,15 @@ async def receive_and_submit(request: Request, state: Any) -> tuple[JobRecord, b
     return record, options.async_
 
 
-def _validate(options: dict[str, Any]) -> LipSyncUploadOptions:
+def _validate(model: type[Any], options: dict[str, Any]) -> Any:
     try:
-        return LipSyncUploadOptions.model_validate(options)
+        return model.model_validate(options)
     except ValidationError as exc:
         # The error handler names the field (characters[0].id) just as for a JSON body.
         raise RequestValidationError(exc.errors()) from None
 
 
-def _params(received: Received, options: LipSyncUploadOptions) -> dict[str, Any]:
+def _params(received: Received, options: LipSyncUploadOptions | TrackingUploadOptions) -> dict[str, Any]:
     by_name: dict[str, ReceivedFile] = {}
     for ref in received.references:
         if ref.filename in by_name:
@@ -135,13 +143,13 @@ def _params(received: Received, options: LipSyncUploadOptions) -> dict[str, Any]
                 )
         characters.append({"id": ch.id, "name": ch.name,
                            "reference_files": [by_name[n].path.name for n in ch.references]})
-    assert received.video is not None and received.audio is not None  # finish() checked
-    files = [received.video, received.audio, *received.references]
+    assert received.video is not None  # finish() checked
+    files = [f for f in (received.video, received.audio) if f is not None] + list(received.references)
     return options.job_params(
         characters=characters,
         inputs=LOCAL_INPUTS,
         video_file=received.video.path.name,
-        audio_file=received.audio.path.name,
+        audio_file=received.audio.path.name if received.audio is not None else None,
         # For error messages: the job names files by the part and the client's file name.
         uploads={f.path.name: {"field": f.part, "filename": f.filename} for f in files},
     )

@@ -127,10 +127,10 @@ class JobWork:
         )
         return paths["video_url"], paths.get("audio_url"), characters
 
-    def _received(self, p: dict[str, Any], ctx: JobContext) -> tuple[Path, Path, tuple[Character, ...]]:
+    def _received(self, p: dict[str, Any], ctx: JobContext) -> tuple[Path, Path | None, tuple[Character, ...]]:
         """An upload job's inputs: already in the scratch folder (sniffed while they arrived). They get
         the same probe as downloads, under the same 'download' stage so progress looks alike."""
-        wanted = [("video", p["video_file"]), ("audio", p["audio_file"])]
+        wanted = [("video", p["video_file"])] + ([("audio", p["audio_file"])] if p.get("audio_file") else [])
         for ch in p.get("characters") or []:
             wanted += [("references", name) for name in ch["reference_files"]]
         ctx.progress("download", 0, len(wanted))
@@ -151,7 +151,8 @@ class JobWork:
                       reference_images=tuple(self._scratch_file(ctx, name) for name in ch["reference_files"]))
             for ch in p.get("characters") or []
         )
-        return self._scratch_file(ctx, p["video_file"]), self._scratch_file(ctx, p["audio_file"]), characters
+        audio = self._scratch_file(ctx, p["audio_file"]) if p.get("audio_file") else None
+        return self._scratch_file(ctx, p["video_file"]), audio, characters
 
     @staticmethod
     def _scratch_file(ctx: JobContext, name: str) -> Path:

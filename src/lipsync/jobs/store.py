@@ -219,6 +219,24 @@ class JobStore:
             raise JobNotFound(f"no job with id {job_id!r}", field="job_id")
         return _row_to_record(row)
 
+    def recent(self, limit: int, *, status: str | None = None, before: str | None = None) -> list[JobRecord]:
+        """Newest first, at most ``limit``; ``before`` (a job id) continues a listing after that job."""
+        where, args = [], []
+        if status is not None:
+            where.append("status=?")
+            args.append(status)
+        if before is not None:
+            where.append("seq < (SELECT seq FROM jobs WHERE id=?)")
+            args.append(before)
+            with self._lock:
+                known = self._db.execute("SELECT 1 FROM jobs WHERE id=?", (before,)).fetchone()
+            if known is None:
+                raise JobNotFound(f"no job with id {before!r} to list from", field="before")
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, int(limit))).fetchall()
+        return [_row_to_record(r) for r in rows]
+
     def queued_ids(self) -> list[str]:
         with self._lock:
             rows = self._db.execute("SELECT id FROM jobs WHERE status='queued' ORDER BY seq").fetchall()
