@@ -408,3 +408,20 @@ def test_character_id_rule_is_one_for_cli_and_api(tmp_path):
                 parse_character_specs([f"{bad}:Name:{image}"])
         with pytest.raises(ValueError):
             CharacterIn(id=bad, reference_image_url="https://e.com/r.jpg")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("change", "field"), [
+    ({"enhance_quality": "yes"}, "enhance_quality"),
+    ({"async": "true"}, "async"),
+    ({"wav2lip_batch_size": "16"}, "wav2lip_batch_size"),
+    ({"pads": [True, False, True, False]}, "pads"),
+    ({"similarity_threshold": "0.5"}, "similarity_threshold"),
+    ({"characters": [{"id": "speaker\n", "reference_image_url": "https://e.com/r.jpg"}]}, "characters[0].id"),
+])
+def test_api_types_are_strict(change, field, server, assets):
+    """Issue #13 (7, 8): wrong types are refused with 422 naming the field, never coerced and run."""
+    body = {"video_url": assets.url("v.mp4"), "audio_url": assets.url("a.wav"), **change}
+    resp = _post(server, "/lipsync", body)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["code"] == "validation_error" and resp.json()["error"]["field"] == field
