@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -23,6 +24,15 @@ WAV2LIP_VARIANTS: tuple[str, ...] = get_args(Wav2LipVariant)
 # (top, bottom, left, right) in pixels, as in the brief; the default reaches down to the chin.
 Pads = tuple[int, int, int, int]
 DEFAULT_PADS: Pads = (0, 20, 0, 0)
+
+# A character id: what the API, the CLI and the tracks JSON accept. Always matched whole (fullmatch):
+# with re.match and "$", "speaker\n" would pass, since "$" also matches before a final newline.
+CHARACTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+CHARACTER_ID_RULE = "1-64 characters: letters, digits, '_', '.', '-' (starting with a letter or digit)"
+
+
+def is_character_id(value: str) -> bool:
+    return CHARACTER_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

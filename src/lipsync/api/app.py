@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from filelock import FileLock, Timeout
 
 from lipsync import __version__
-from lipsync.api.auth import make_auth_dependency
-from lipsync.api.errors import error_response, install_error_handlers
+from lipsync.api.auth import ApiKeyCheck, make_auth_dependency
+from lipsync.api.errors import install_error_handlers
 from lipsync.api.fetch import Fetcher, FetchLimits
+from lipsync.api.gate import BodyRule, RequestGate
+from lipsync.api.jsonbody import JSONBodyRoute
 from lipsync.api.netguard import check_url
 from lipsync.api.receive import upload_body_limit
 from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers, job_view
@@ -96,7 +98,7 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     uploader = Uploader(limits, allow_private=settings.allow_private_urls)
     gate = ModelGate(engine, preload=settings.preload_models)
     work = JobWork(settings, engine, gate, fetcher, uploader, work_dir / "results")
-    auth = make_auth_dependency(settings.api_key)
+    api_key = ApiKeyCheck(settings.api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -143,20 +145,16 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     )
     install_error_handlers(app)
 
-    upload_limit = upload_body_limit(settings.max_download_bytes)
+    # JSON bodies are small documents: bounded in size and in total time. The upload endpoint carries
+    # media: its cap is the sum of the per-file limits (each part is also checked while it streams) and
+    # only a stall times it out.
+    json_rule = BodyRule(MAX_BODY_BYTES, settings.http_body_timeout_s, settings.http_body_timeout_s)
+    upload_rule = BodyRule(upload_body_limit(settings.max_download_bytes), settings.http_body_timeout_s)
+    public_paths = {"/health", app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(RequestGate, auth=api_key, is_public=lambda path: path in public_paths,
+                       rule_for=lambda path: upload_rule if path == UPLOAD_PATH else json_rule)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        # Request bodies are small JSON documents; refuse big ones before reading them. The upload
-        # endpoint carries media: its cap is the sum of the per-file limits (each part is also checked,
-        # and the running total, while it streams in, for bodies sent without a Content-Length).
-        limit = upload_limit if request.url.path == UPLOAD_PATH else MAX_BODY_BYTES
-        length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > limit):
-            return error_response(413, "request_too_large", f"request body over {limit} bytes")
-        return await call_next(request)
-
-    public, private = build_routers(auth)
+    public, private = build_routers(make_auth_dependency(api_key), route_class=JSONBodyRoute)
     app.include_router(public)
     app.include_router(private)
     return app

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from lipsync import __version__
@@ -102,7 +103,7 @@ class Waiters:
 
 
 _ERRORS = {
-    400: {"model": ErrorOut, "description": "Bad media or download failure"},
+    400: {"model": ErrorOut, "description": "Bad media, download failure or a body that is not JSON"},
     401: {"model": ErrorOut, "description": "Missing or wrong API key"},
     413: {"model": ErrorOut, "description": "Input too large"},
     422: {"model": ErrorOut, "description": "Validation error, unsafe URL or unusable media"},
@@ -111,9 +112,9 @@ _ERRORS = {
 }
 
 
-def build_routers(auth) -> tuple[APIRouter, APIRouter]:
-    public = APIRouter()
-    private = APIRouter(dependencies=[Depends(auth)], responses={401: _ERRORS[401]})
+def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRouter, APIRouter]:
+    public = APIRouter(route_class=route_class)
+    private = APIRouter(dependencies=[Depends(auth)], responses={401: _ERRORS[401]}, route_class=route_class)
 
     @public.get("/health", response_model=HealthOut, summary="Health: models, GPU, queue")
     async def health(request: Request) -> dict[str, Any]:

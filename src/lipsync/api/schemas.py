@@ -37,7 +37,7 @@ def _http_url(value: str) -> str:
 
 
 def _character_id(v: str) -> str:
-    if not _ID.match(v):
+    if not _ID.fullmatch(v):
         raise ValueError("must be 1-64 characters: letters, digits, '_', '.', '-' (starting alphanumeric)")
     return v
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
-from lipsync.types import Character
-
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+from lipsync.types import CHARACTER_ID_RULE, Character, is_character_id
 
 
 def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Character, ...]:
@@ -26,10 +23,8 @@ def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Characte
                 f"{value!r} is not ID:NAME:IMAGE (e.g. host:Jane Doe:refs/jane.jpg)", param_hint="--character"
             )
         cid, name, image = (p.strip() for p in parts)
-        if not _ID.match(cid):
-            raise click.BadParameter(
-                f"{value!r}: the ID must be 1-64 letters, digits, '_', '.' or '-'", param_hint="--character"
-            )
+        if not is_character_id(cid):
+            raise click.BadParameter(f"{value!r}: the ID must be {CHARACTER_ID_RULE}", param_hint="--character")
         if not image:
             raise click.BadParameter(f"{value!r}: the IMAGE part is empty", param_hint="--character")
         path = Path(image).expanduser()
