@@ -112,6 +112,16 @@ def make_fake_app():
     return create_app(settings, pipeline_factory=FakeEngine)
 
 
+def serve_fake(port: int) -> None:
+    """The fake-engine app under the same uvicorn configuration as ``lipsync serve`` (connection limits,
+    header timeout): what the tests probe is what production runs."""
+    from lipsync.api.server import serve
+    from lipsync.config import Settings
+
+    app = make_fake_app()
+    serve(app, Settings(), host="127.0.0.1", port=port)
+
+
 # --- the server subprocess ------------------------------------------------------------------------------
 
 
@@ -148,8 +158,8 @@ class ApiServer:
             launcher = [str(script)] if script.exists() else [PYTHON, "-c", "from lipsync.cli import main; main()"]
             cmd = [*launcher, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         else:
-            cmd = [PYTHON, "-m", "uvicorn", "--factory", "--app-dir", str(TESTS), "api_fixtures:make_fake_app",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+            cmd = [PYTHON, "-c", f"import sys; sys.path.insert(0, {str(TESTS)!r}); import api_fixtures; "
+                   f"api_fixtures.serve_fake({self.port})"]
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.work_dir / f"server-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process

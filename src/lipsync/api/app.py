@@ -26,9 +26,12 @@ from lipsync.api.netguard import check_url
 from lipsync.api.receive import upload_body_limit
 from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers, job_view
 from lipsync.api.upload import Uploader
+from lipsync.api.watch import TransferWatch
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
+from lipsync.errors import FetchTimeout
 from lipsync.jobs.engine import Engine, ModelGate, PipelineFactory, default_pipeline_factory
+from lipsync.jobs.retention import RetentionSweeper
 from lipsync.jobs.runner import JobRunner
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
@@ -118,20 +121,28 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
         webhooks = WebhookSender(
             secret=settings.webhook_secret,
             payload=lambda record: {"job_id": record.id, **job_view(record)},
-            client_factory=fetcher.client,
+            client_factory=lambda deadline: fetcher.client(TransferWatch(
+                deadline, lambda: FetchTimeout("webhook_url: the receiver did not answer in time",
+                                               field="webhook_url"))),
             guard=lambda url: check_url(url, allow_private=settings.allow_private_urls, field="webhook_url"),
+            outbox=store,
         )
+        sweeper = RetentionSweeper(store, work.results_dir, result_ttl_s=settings.result_retention_s,
+                                   row_ttl_s=settings.job_retention_s, interval_s=settings.retention_sweep_s)
         waiters = Waiters()
         runner.add_listener(waiters)
         runner.add_listener(webhooks)
         app.state.lipsync = AppState(settings, engine, gate, store, runner, work, webhooks, waiters, fetcher,
                                      uploader, device_info)
         gate.start()
-        runner.start()
+        runner.start()  # recovers first: jobs it fails are owed their webhook, sent by resume()
+        webhooks.resume()
+        sweeper.start()
         log.info("lipsync API ready: jobs in %s, work dir %s", db_path, work_dir)
         try:
             yield
         finally:
+            sweeper.stop()
             runner.stop()
             webhooks.join()
             store.close()

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpcore
 import httpx
 
+from lipsync.api.watch import TransferWatch, WatchedStream
 from lipsync.errors import FetchError, UnsafeURL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -185,8 +186,9 @@ def check_url(url: str, *, allow_private: bool, field: str | None = None) -> htt
 class _GuardedBackend(httpcore.NetworkBackend):
     """Resolves, checks, then connects to the checked IP: what was checked is what is connected to."""
 
-    def __init__(self, allow_private: bool) -> None:
+    def __init__(self, allow_private: bool, watch: TransferWatch | None = None) -> None:
         self.allow_private = allow_private
+        self.watch = watch
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -205,10 +207,19 @@ class _GuardedBackend(httpcore.NetworkBackend):
             raise httpcore.ConnectError(exc.message) from None
         last: Exception | None = None
         for ip in addresses:
+            if self.watch is not None:
+                self.watch.check()
+                timeout = self.watch.cap(timeout)
             try:
-                return self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+                stream = self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
             except httpcore.ConnectError as exc:
                 last = exc
+                continue
+            except httpcore.ConnectTimeout:
+                if self.watch is not None:
+                    self.watch.check()  # the deadline, when that is what cut the connect short
+                raise
+            return stream if self.watch is None else WatchedStream(stream, self.watch)
         raise last or httpcore.ConnectError(f"cannot connect to {host}")
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
@@ -222,19 +233,22 @@ class GuardedTransport(httpx.HTTPTransport):
     """httpx transport whose every connection goes through the SSRF check. No proxies from the
     environment (a proxy would hide the real destination from the check)."""
 
-    def __init__(self, *, allow_private: bool, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, allow_private: bool, ssl_context: ssl.SSLContext | None = None,
+                 watch: TransferWatch | None = None) -> None:
         ctx = ssl_context or httpx.create_ssl_context()
         super().__init__(verify=ctx, trust_env=False)
         # httpx exposes no network-backend argument; the pool it builds is replaced with an identical
         # one using our backend (the pool attribute has been stable across httpx 0.2x).
-        self._pool = httpcore.ConnectionPool(ssl_context=ctx, network_backend=_GuardedBackend(allow_private))
+        self._pool = httpcore.ConnectionPool(ssl_context=ctx,
+                                             network_backend=_GuardedBackend(allow_private, watch))
 
 
-def guarded_client(*, allow_private: bool, timeout: httpx.Timeout,
-                   ssl_context: ssl.SSLContext | None = None) -> httpx.Client:
-    """A client for one transfer. Pass a shared ``ssl_context``: loading the CA bundle costs ~30 ms."""
+def guarded_client(*, allow_private: bool, timeout: httpx.Timeout, ssl_context: ssl.SSLContext | None = None,
+                   watch: TransferWatch | None = None) -> httpx.Client:
+    """A client for one transfer. Pass a shared ``ssl_context``: loading the CA bundle costs ~30 ms.
+    With a ``watch``, every connection holds its deadline and cancellation whatever the peer's pace."""
     return httpx.Client(
-        transport=GuardedTransport(allow_private=allow_private, ssl_context=ssl_context),
+        transport=GuardedTransport(allow_private=allow_private, ssl_context=ssl_context, watch=watch),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 from lipsync.api.fetch import REDIRECTS, GuardedHTTP
 from lipsync.api.netguard import redact
-from lipsync.errors import UploadError, UploadRejected
+from lipsync.api.watch import TransferWatch
+from lipsync.errors import UploadError, UploadRejected, UploadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,25 @@ class Uploader(GuardedHTTP):
     def check(self, url: str, field: str = "upload_url") -> None:
         super().check(url, field)
 
-    def upload(self, path: Path, url: str, *, content_type: str = "video/mp4", field: str = "upload_url") -> int:
-        """PUT ``path`` to ``url``; returns the HTTP status. Raises UploadRejected (4xx) or UploadError."""
+    def upload(self, path: Path, url: str, *, content_type: str = "video/mp4", field: str = "upload_url",
+               check_stop: Callable[[], None] | None = None) -> int:
+        """PUT ``path`` to ``url``; returns the HTTP status. Raises UploadRejected (4xx), UploadTimeout (past
+        the total timeout, however slowly the target reads or answers) or UploadError. ``check_stop`` may
+        raise (job cancellation) to abandon the transfer, also while blocked on the network."""
         size = path.stat().st_size
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        total = self.limits.upload_total_timeout_s
+        watch = TransferWatch.within(
+            total,
+            lambda: UploadTimeout(f"{field}: the upload to {redact(url)} took longer than {total:g} s"
+                                  " (LIPSYNC_UPLOAD_TOTAL_TIMEOUT_S)", field=field),
+            check_stop,
+        )
         last = ""
         for attempt in range(1, self.limits.attempts + 1):
             current = url
             try:
-                with self.client() as client:
+                with self.client(watch) as client:
                     for _hop in range(self.limits.max_redirects + 1):
                         self.check(current, field)
                         resp = client.put(current, content=_file_chunks(path), headers=headers)
@@ -79,6 +89,6 @@ class Uploader(GuardedHTTP):
                 last = f"{type(exc).__name__}: {exc}"
             log.info("upload to %s attempt %d failed: %s", redact(url), attempt, last)
             if attempt < self.limits.attempts:
-                time.sleep(self.limits.backoff_s * attempt)
+                watch.sleep(self.limits.backoff_s * attempt)
         raise UploadError(f"{field}: upload to {redact(url)} failed after {self.limits.attempts} attempts: {last}",
                           field=field)
