@@ -222,6 +222,7 @@ class Asset:
     stall: bool = False  # send headers and a few bytes, then go silent
     redirect_to: str | None = None
     declared_length: int | None = None  # Content-Length to claim (None: the real one)
+    trickle_s: float | None = None  # send the body one byte every this many seconds
     hits: int = 0
 
 
@@ -241,6 +242,7 @@ class AssetServer:
         self.assets: dict[str, Asset] = {}
         self.received: list[Received] = []
         self.put_status: dict[str, int] = {}
+        self.put_trickle: dict[str, float] = {}  # path -> answer the PUT one byte every this many seconds
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _asset_handler(self))
@@ -293,6 +295,17 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _trickle(self, data: bytes, every_s: float) -> None:
+            """One byte at a time, until done, the client goes away or the server stops."""
+            for i in range(len(data)):
+                if server.stopping.wait(every_s):
+                    return
+                try:
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+
         def _read_body(self) -> bytes:
             n = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(n) if n else b""
@@ -308,6 +321,10 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             with server.lock:
                 server.received.append(Received("PUT", self.path, dict(self.headers), body))
             status = server.put_status.get(self.path.split("?")[0], 200)
+            trickle = server.put_trickle.get(self.path.split("?")[0])
+            if trickle is not None:
+                self._trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", trickle)
+                return
             if status == 403:
                 xml = (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>"
                        b"<Message>Request has expired</Message></Error>")
@@ -342,6 +359,9 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             try:
+                if asset.trickle_s is not None:
+                    self._trickle(asset.body, asset.trickle_s)
+                    return
                 if asset.stall:
                     self.wfile.write(asset.body[:16])
                     self.wfile.flush()

@@ -6,6 +6,12 @@ request ``header_timeout_s`` from its first byte (or from the connection's openi
 request line and headers, then closes the connection. With ``limit_concurrency`` (requests beyond it get
 503) and ``timeout_keep_alive`` (idle connections closed), no number of slow or idle clients can hold
 the server. The body's own pace is bounded by the request gate (api/gate.py).
+
+When the gate refuses a body it has not read (401 before the body, 413 past the limit), closing at once
+would make the kernel answer the client's next bytes with a reset, which on most systems destroys the
+refusal in the client's receive buffer before it reads it. So such a connection lingers: the response is
+flushed and the write side shut (FIN), reading stops (the client's sends block instead of streaming on),
+and the socket is closed ``LINGER_S`` later. This is what nginx calls a lingering close.
 """
 
 from __future__ import annotations
@@ -22,16 +28,51 @@ from lipsync.config import Settings
 
 log = logging.getLogger(__name__)
 
+LINGER_S = 2.0
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn sees it: ``close()`` lingers when the request body is unread."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: HeaderTimeoutH11Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        if self._protocol.conn.their_state is h11.SEND_BODY and self._transport.can_write_eof():
+            self.lingering = True
+            self._transport.write_eof()  # after the response is flushed
+            self._transport.pause_reading()
+            self._protocol.loop.call_later(LINGER_S, self._transport.close)
+            return
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def resume_reading(self) -> None:
+        if not self.lingering:
+            self._transport.resume_reading()
+
 
 class HeaderTimeoutH11Protocol(H11Protocol):
     header_timeout_s: float = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
-        super().connection_made(transport)
+        self._lingering = _LingeringTransport(transport, self)
+        super().connection_made(self._lingering)  # type: ignore[arg-type]
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering.lingering:
+            return  # the rest of a refused body: dropped
         if self._header_timer is None and self.conn.their_state is h11.IDLE:
             self._arm_header_timer()  # a new request on a kept-alive connection starts its clock
         super().data_received(data)
