@@ -170,6 +170,8 @@ CORPUS = [
          headers={"Content-Type": "application/json"}),
     Case("integer of 5000 digits", 400, "invalid_json", body=b'{"crossfade_frames": ' + b"9" * 5000 + b"}",
          headers={"Content-Type": "application/json"}),
+    Case("JSON sent as text/plain", 415, "unsupported_media_type", body=b'{"video_url": "http://x/v.mp4"}',
+         headers={"Content-Type": "text/plain"}),
     Case("chunked body over the limit", 413, "request_too_large",
          body=lambda a: iter([b'{"video_url": "'] + [b"a" * 65536] * 8 + [b'"}']),
          headers={"Content-Type": "application/json"}),

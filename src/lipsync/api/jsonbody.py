@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
-from lipsync.api.errors import InvalidJSON, RequestInvalid
+from lipsync.api.errors import InvalidJSON, RequestInvalid, UnsupportedContentType
 
 # Real bodies are three levels deep (body -> characters -> character); 32 leaves room and keeps the
 # parser and the validator far from Python's recursion limit.
@@ -89,7 +89,11 @@ class JSONBodyRoute(APIRoute):
                 body = await request.body()
             except ClientDisconnect:  # gone, or refused by the request gate (which has answered already)
                 raise RequestInvalid("the client disconnected before the body was complete") from None
-            if body and _is_json(request.headers.get("content-type")):
+            if body:
+                content_type = request.headers.get("content-type")
+                if not _is_json(content_type):
+                    raise UnsupportedContentType(f"send the body as JSON (Content-Type: application/json),"
+                                                 f" not {content_type}")
                 request._json = parse_json(body)  # Starlette's cache: FastAPI's request.json() reads it
             return await handler(request)
 
