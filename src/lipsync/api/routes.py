@@ -255,7 +255,8 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
         if not path.is_file():
             if (record.result or {}).get("output_url"):
                 raise ResultNotStored("this job's result was uploaded to its upload_url, not kept here")
-            raise ResultNotStored(f"the result of job {job_id} is no longer stored (deleted)")
+            raise ResultNotStored(f"the result of job {job_id} is no longer stored (deleted by DELETE /jobs/{job_id}"
+                                  " or by retention: LIPSYNC_RESULT_RETENTION_S)")
         return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
     return public, private
