@@ -243,6 +243,7 @@ class AssetServer:
         self.received: list[Received] = []
         self.put_status: dict[str, int] = {}
         self.put_trickle: dict[str, float] = {}  # path -> answer the PUT one byte every this many seconds
+        self.put_endless: set[str] = set()  # paths answering the PUT with 403 and a body that never ends
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _asset_handler(self))
@@ -324,6 +325,16 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             trickle = server.put_trickle.get(self.path.split("?")[0])
             if trickle is not None:
                 self._trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", trickle)
+                return
+            if self.path.split("?")[0] in server.put_endless:
+                self.send_response(403)
+                self.send_header("Content-Length", str(1 << 40))
+                self.end_headers()
+                try:
+                    while not server.stopping.is_set():
+                        self.wfile.write(b"<Error>" * 10000)
+                except OSError:
+                    pass
                 return
             if status == 403:
                 xml = (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>"

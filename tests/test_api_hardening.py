@@ -39,6 +39,7 @@ def assets(media: Media):
         srv.add_file("a.wav", media.audio, "audio/wav")
         srv.add("trickle.mp4", media.video.read_bytes(), content_type="video/mp4", trickle_s=0.5)
         srv.put_trickle["/slow-target"] = 0.5
+        srv.put_endless.add("/endless-target")
         yield srv
 
 
@@ -209,6 +210,16 @@ def test_trickling_upload_target_fails_at_the_upload_deadline(server: ApiServer,
     job = _wait(server, job_id, ("failed", "succeeded", "cancelled"), 30)
     assert job["status"] == "failed" and job["error"]["code"] == "upload_timeout", job
     assert job["error"]["field"] == "upload_url" and "X-Amz-Signature" not in job["error"]["message"]
+
+
+def test_endless_answer_of_an_upload_target_is_not_buffered(server: ApiServer, assets: AssetServer) -> None:
+    assert server.proc is not None
+    before = _rss_bytes(server.proc.pid)
+    with server.client() as c:
+        job_id = c.post("/jobs", json=_body(assets, upload_url=assets.url("endless-target"))).json()["job_id"]
+    job = _wait(server, job_id, ("failed", "succeeded", "cancelled"), 30)
+    assert job["status"] == "failed" and job["error"]["code"] == "upload_rejected", job
+    assert _rss_bytes(server.proc.pid) - before < 40 << 20
 
 
 # --- request bodies and connections that arrive slowly ---------------------------------------------------

@@ -31,6 +31,15 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+def _first_text(resp: httpx.Response, limit: int = 16 * 1024) -> str:
+    data = b""
+    for chunk in resp.iter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return data[:limit].decode(resp.encoding or "utf-8", "replace")
+
+
 def _s3_reason(body: str) -> str:
     """'AccessDenied: Request has expired' from an S3-style XML error body, else a short excerpt."""
     code = re.search(r"<Code>([^<]{1,100})</Code>", body)
@@ -66,16 +75,18 @@ class Uploader(GuardedHTTP):
                 with self.client(watch) as client:
                     for _hop in range(self.limits.max_redirects + 1):
                         self.check(current, field)
-                        resp = client.put(current, content=_file_chunks(path), headers=headers)
-                        if resp.status_code in REDIRECTS and "location" in resp.headers:
-                            current = str(resp.url.join(resp.headers["location"]))
-                            continue
+                        # Streamed: only the first bytes of the target's answer are read (a reason for the
+                        # message), so a hostile target cannot make us buffer an endless body.
+                        with client.stream("PUT", current, content=_file_chunks(path), headers=headers) as resp:
+                            status = resp.status_code
+                            if status in REDIRECTS and "location" in resp.headers:
+                                current = str(resp.url.join(resp.headers["location"]))
+                                continue
+                            reason = "" if status < 300 else _s3_reason(_first_text(resp))
                         break
-                    status = resp.status_code
                     if status < 300:
                         log.info("uploaded %d bytes to %s (HTTP %d)", size, redact(url), status)
                         return status
-                    reason = _s3_reason(resp.text)
                     if 400 <= status < 500:
                         hint = " (presigned URLs expire: generate a fresh one)" if status == 403 else ""
                         raise UploadRejected(

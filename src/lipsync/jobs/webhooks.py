@@ -138,8 +138,10 @@ class WebhookSender:
             if self.guard is not None:
                 self.guard(url)  # re-resolved each time: DNS may have changed since submission
             try:
-                with self.client_factory(time.monotonic() + self.attempt_timeout_s) as client:
-                    status = client.post(url, content=body, headers=headers).status_code
+                # Streamed and closed unread: the receiver's answer body is never buffered.
+                with (self.client_factory(time.monotonic() + self.attempt_timeout_s) as client,
+                      client.stream("POST", url, content=body, headers=headers) as resp):
+                    status = resp.status_code
             except (httpx.HTTPError, FetchTimeout) as exc:
                 log.info("webhook attempt %d for %s failed: %s", attempt, record.id, exc)
                 status = 0
