@@ -225,10 +225,17 @@ def test_endless_answer_of_an_upload_target_is_not_buffered(server: ApiServer, a
 # --- request bodies and connections that arrive slowly ---------------------------------------------------
 
 
-def test_trickled_json_body_gets_408(server: ApiServer) -> None:
+@pytest.mark.parametrize(("path", "content_type", "opening", "limit_s"), [
+    ("/jobs", "application/json", b"", BODY_TIMEOUT_S),
+    ("/lipsync/upload", "multipart/form-data; boundary=b0undary",
+     b'--b0undary\r\nContent-Disposition: form-data; name="options"\r\n\r\n', TOTAL_TIMEOUT_S),
+])
+def test_trickled_body_gets_408(server: ApiServer, path: str, content_type: str, opening: bytes,
+                                limit_s: float) -> None:
+    """One byte every 0.3 s never stalls long enough for the idle timeout; the total limit stops it."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(f"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-                 "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+                 f"Content-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n".encode() + opening)
     started = time.monotonic()
     answer = b""
     sock.setblocking(False)
@@ -246,7 +253,7 @@ def test_trickled_json_body_gets_408(server: ApiServer) -> None:
     took = time.monotonic() - started
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
-    assert took < BODY_TIMEOUT_S + 1.0, took
+    assert limit_s - 0.5 < took < limit_s + 1.0, took
 
 
 def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:

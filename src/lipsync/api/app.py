@@ -157,10 +157,11 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     install_error_handlers(app)
 
     # JSON bodies are small documents: bounded in size and in total time. The upload endpoint carries
-    # media: its cap is the sum of the per-file limits (each part is also checked while it streams) and
-    # only a stall times it out.
+    # media: its cap is the sum of the per-file limits (each part is also checked while it streams), and
+    # it gets the time a URL download of the same inputs would (a trickling client cannot hold it longer).
     json_rule = BodyRule(MAX_BODY_BYTES, settings.http_body_timeout_s, settings.http_body_timeout_s)
-    upload_rule = BodyRule(upload_body_limit(settings.max_download_bytes), settings.http_body_timeout_s)
+    upload_rule = BodyRule(upload_body_limit(settings.max_download_bytes), settings.http_body_timeout_s,
+                           settings.download_total_timeout_s)
     public_paths = {"/health", app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
     app.add_middleware(RequestGate, auth=api_key, is_public=lambda path: path in public_paths,
                        rule_for=lambda path: upload_rule if path == UPLOAD_PATH else json_rule)

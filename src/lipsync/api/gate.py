@@ -7,9 +7,9 @@ then from the byte stream itself, before any handler or body parser sees the req
    bytes are counted as they arrive (chunked bodies have no length to check) and the 413 goes out the
    moment the count passes the limit. The handler is then told the client went away and its own
    answer is dropped.
-3. Time on the stream: a body that stalls (no bytes for ``idle_timeout_s``) or, for the small JSON
-   routes, takes longer than ``total_timeout_s`` in all, gets 408: a client trickling one byte at a
-   time cannot hold a connection and a task for ever.
+3. Time on the stream: a body that stalls (no bytes for ``idle_timeout_s``) or takes longer than the
+   route's ``total_timeout_s`` in all gets 408: a client trickling one byte at a time cannot hold a
+   connection and a task for ever.
 
 Early answers carry ``Connection: close``: the server stops reading the rest of a refused body instead
 of draining it.
@@ -34,7 +34,7 @@ from lipsync.api.fetch import human_size
 class BodyRule:
     max_bytes: int
     idle_timeout_s: float
-    total_timeout_s: float | None = None  # None: only the idle timeout applies (large uploads)
+    total_timeout_s: float | None = None  # None: only the idle timeout applies
 
 
 class RequestGate:
@@ -94,7 +94,7 @@ class _GuardedStream:
             message = await asyncio.wait_for(self._receive(), timeout=max(wait, 0.0))
         except TimeoutError:
             total = self.deadline is not None and time.monotonic() >= self.deadline
-            why = (f"the request body did not arrive within {self.rule.total_timeout_s:g} s" if total
+            why = (f"the request body did not arrive whole within {self.rule.total_timeout_s:g} s" if total
                    else f"the request body stalled: no bytes for {self.rule.idle_timeout_s:g} s")
             return await self._refuse(408, "request_timeout", why)
         if message["type"] == "http.request":
