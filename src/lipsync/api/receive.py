@@ -4,8 +4,10 @@ form parser does, and only after reading the whole body).
 
 Every part is checked while it arrives: the per-input byte limit (DownloadTooLarge naming the part),
 the same content sniffing as URL downloads (an HTML page as `video` is refused after its first bytes),
-a bound on the whole body, and only the known part names. The caller owns the folder: on any error it
-deletes what was written (``MultipartReceiver.abort`` closes the open file first).
+and only the known part names; the whole body's size and time are bounded upstream by the request gate
+(api/gate.py). The ``options`` part parses like a JSON body (api/jsonbody.py: one ``invalid_json`` error).
+The caller owns the folder: on any error it deletes what was written (``MultipartReceiver.abort`` closes
+the open file first).
 """
 
 from __future__ import annotations
@@ -90,7 +92,6 @@ class MultipartReceiver:
     # --- input ----------------------------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> None:
-        # The whole body's size is bounded upstream, on the stream, by the request gate (api/gate.py).
         self.total += len(chunk)
         try:
             self._parser.write(chunk)
