@@ -115,6 +115,16 @@ def make_fake_app():
     return create_app(settings, pipeline_factory=FakeEngine)
 
 
+def serve_fake(port: int) -> None:
+    """The fake-engine app under the same uvicorn configuration as ``lipsync serve`` (connection limits,
+    header timeout): what the tests probe is what production runs."""
+    from lipsync.api.server import serve
+    from lipsync.config import Settings
+
+    app = make_fake_app()
+    serve(app, Settings(), host="127.0.0.1", port=port)
+
+
 # --- the server subprocess ------------------------------------------------------------------------------
 
 
@@ -151,8 +161,8 @@ class ApiServer:
             launcher = [str(script)] if script.exists() else [PYTHON, "-c", "from lipsync.cli import main; main()"]
             cmd = [*launcher, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         else:
-            cmd = [PYTHON, "-m", "uvicorn", "--factory", "--app-dir", str(TESTS), "api_fixtures:make_fake_app",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+            cmd = [PYTHON, "-c", f"import sys; sys.path.insert(0, {str(TESTS)!r}); import api_fixtures; "
+                   f"api_fixtures.serve_fake({self.port})"]
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.work_dir / f"server-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -215,6 +225,7 @@ class Asset:
     stall: bool = False  # send headers and a few bytes, then go silent
     redirect_to: str | None = None
     declared_length: int | None = None  # Content-Length to claim (None: the real one)
+    trickle_s: float | None = None  # send the body one byte every this many seconds
     hits: int = 0
 
 
@@ -234,6 +245,8 @@ class AssetServer:
         self.assets: dict[str, Asset] = {}
         self.received: list[Received] = []
         self.put_status: dict[str, int] = {}
+        self.put_trickle: dict[str, float] = {}  # path -> answer the PUT one byte every this many seconds
+        self.put_endless: set[str] = set()  # paths answering the PUT with 403 and a body that never ends
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _asset_handler(self))
@@ -286,6 +299,17 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _trickle(self, data: bytes, every_s: float) -> None:
+            """One byte at a time, until done, the client goes away or the server stops."""
+            for i in range(len(data)):
+                if server.stopping.wait(every_s):
+                    return
+                try:
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+
         def _read_body(self) -> bytes:
             n = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(n) if n else b""
@@ -301,6 +325,20 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             with server.lock:
                 server.received.append(Received("PUT", self.path, dict(self.headers), body))
             status = server.put_status.get(self.path.split("?")[0], 200)
+            trickle = server.put_trickle.get(self.path.split("?")[0])
+            if trickle is not None:
+                self._trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", trickle)
+                return
+            if self.path.split("?")[0] in server.put_endless:
+                self.send_response(403)
+                self.send_header("Content-Length", str(1 << 40))
+                self.end_headers()
+                try:
+                    while not server.stopping.is_set():
+                        self.wfile.write(b"<Error>" * 10000)
+                except OSError:
+                    pass
+                return
             if status == 403:
                 xml = (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>"
                        b"<Message>Request has expired</Message></Error>")
@@ -335,6 +373,9 @@ def _asset_handler(server: AssetServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             try:
+                if asset.trickle_s is not None:
+                    self._trickle(asset.body, asset.trickle_s)
+                    return
                 if asset.stall:
                     self.wfile.write(asset.body[:16])
                     self.wfile.flush()

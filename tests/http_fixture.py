@@ -112,7 +112,7 @@ def _make_handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(payload)
                 return
             body, start = route.body, 0
-            match = re.match(r"bytes=(\d+)-$", range_header or "")
+            match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
             if match and not route.ignore_range:
                 start = int(match.group(1))
                 if start >= len(body):

@@ -116,6 +116,7 @@ class Case:
     path: str = "/lipsync"
     body: Any = None  # a function of the asset server -> JSON body; or raw bytes
     headers: dict[str, str] = dc_field(default_factory=dict)
+    message_lacks: str | None = None  # a text the error message must not contain
 
 
 def _drop(key: str):
@@ -155,8 +156,28 @@ CORPUS = [
          body=lambda a: _body(a, characters=[{"id": "x", "reference_image_url": "file:///etc/passwd"}])),
     Case("request body too large", 413, "request_too_large",
          body=b'{"video_url": "' + b"a" * 300_000 + b'"}', headers={"Content-Type": "application/json"}),
-    Case("body is not JSON", 422, "validation_error", body=b"{not json",
+    Case("body is not JSON", 400, "invalid_json", body=b"{not json", headers={"Content-Type": "application/json"}),
+    Case("body is not UTF-8", 400, "invalid_json", body=b'{"video_url": "\xff\xfe"}',
          headers={"Content-Type": "application/json"}),
+    Case("arrays nested 30000 deep", 400, "invalid_json", body=b"[" * 30000 + b"]" * 30000,
+         headers={"Content-Type": "application/json"}),
+    Case("objects nested 10000 deep", 400, "invalid_json", body=b'{"a":' * 10000 + b"1" + b"}" * 10000),
+    Case("nesting in an unknown field", 400, "invalid_json",
+         body=b'{"video_url": "http://x/v.mp4", "extra": ' + b"[" * 100 + b"]" * 100 + b"}"),
+    Case("NaN is not JSON", 400, "invalid_json", body=b'{"similarity_threshold": NaN}',
+         headers={"Content-Type": "application/json"}),
+    Case("unpaired surrogate", 400, "invalid_json", body=b'{"video_url": "\\ud800"}',
+         headers={"Content-Type": "application/json"}),
+    Case("integer of 5000 digits", 400, "invalid_json", body=b'{"crossfade_frames": ' + b"9" * 5000 + b"}",
+         headers={"Content-Type": "application/json"}),
+    Case("JSON sent as text/plain", 415, "unsupported_media_type", body=b'{"video_url": "http://x/v.mp4"}',
+         headers={"Content-Type": "text/plain"}),
+    Case("chunked body over the limit", 413, "request_too_large",
+         body=lambda a: iter([b'{"video_url": "'] + [b"a" * 65536] * 8 + [b'"}']),
+         headers={"Content-Type": "application/json"}),
+    Case("no API key, with a body", 401, "unauthorized", body=lambda a: _body(a), headers={"Authorization": ""}),
+    Case("character id with a trailing newline", 422, "validation_error", "characters[0].id",
+         body=lambda a: _body(a, characters=[{"id": "speaker\n", "reference_image_url": a.url("r.jpg")}])),
     Case("loopback URL", 422, "unsafe_url", "video_url", server="strict",
          body=lambda a: _body(a, video_url=a.url("v.mp4"))),
     Case("localhost by name", 422, "unsafe_url", "audio_url", server="strict",
@@ -170,7 +191,20 @@ CORPUS = [
          body=lambda a: _body(a, video_url="http://93.184.215.14/v.mp4", audio_url="http://93.184.215.14/a.wav",
                               characters=[], upload_url="http://10.0.0.5/bucket/out.mp4")),
     Case("metadata even when private allowed", 422, "unsafe_url", "video_url",
-         body=lambda a: _body(a, video_url="http://169.254.169.254/latest/meta-data/")),
+         body=lambda a: _body(a, video_url="http://169.254.169.254/latest/meta-data/"),
+         message_lacks="ALLOW_PRIVATE"),
+    Case("metadata refusal does not suggest allow-private", 422, "unsafe_url", "video_url", server="strict",
+         body=lambda a: _body(a, video_url="http://169.254.169.254/latest/meta-data/"),
+         message_lacks="ALLOW_PRIVATE"),
+    *[Case(f"metadata as {form} with private allowed", 422, "unsafe_url", "video_url",
+           body=lambda a, host=host: _body(a, video_url=f"http://[{host}]/latest/meta-data/"),
+           message_lacks="ALLOW_PRIVATE")
+      for form, host in [("NAT64 64:ff9b::/96", "64:ff9b::a9fe:a9fe"), ("NAT64 dotted", "64:ff9b::169.254.169.254"),
+                         ("local-use NAT64", "64:ff9b:1::a9fe:a9fe"), ("IPv4-compatible", "::169.254.169.254"),
+                         ("IPv4-mapped", "::ffff:169.254.169.254"), ("SIIT", "::ffff:0:169.254.169.254"),
+                         ("6to4", "2002:a9fe:a9fe::1")]],
+    Case("private 10/8 via NAT64", 422, "unsafe_url", "video_url", server="strict",
+         body=lambda a: _body(a, video_url="http://[64:ff9b::10.0.0.5]/v.mp4")),
     Case("redirect to metadata", 422, "unsafe_url", "video_url",
          body=lambda a: _body(a, video_url=a.url("to-metadata.mp4"))),
     Case("404 asset", 400, "media_not_found", "video_url", body=lambda a: _body(a, video_url=a.url("gone.mp4"))),
@@ -202,7 +236,8 @@ def test_bad_input_corpus(case: Case, assets: AssetServer, open_server: ApiServe
     if isinstance(case.body, bytes):
         kwargs["content"] = case.body
     elif case.body is not None:
-        kwargs["json"] = case.body(assets)
+        body = case.body(assets)
+        kwargs["json" if isinstance(body, dict) else "content"] = body
     with server.client() as client:
         headers = httpx.Headers(client.headers)
         for key, value in case.headers.items():
@@ -212,7 +247,9 @@ def test_bad_input_corpus(case: Case, assets: AssetServer, open_server: ApiServe
                 del headers[key]
         client.headers = headers
         resp = client.request(case.method, case.path, **kwargs)
-    _assert_error(resp, case.status, case.code, case.field)
+    err = _assert_error(resp, case.status, case.code, case.field)
+    if case.message_lacks:
+        assert case.message_lacks not in err["message"], err
 
 
 def test_corpus_is_big_enough() -> None:

@@ -197,12 +197,33 @@ def test_graceful_stop_requeues_running_job_without_using_an_attempt(tmp_path: P
         ("fe80::1", False, True),
         ("2606:4700:4700::1111", True, True),
         ("0.0.0.0", False, False),
+        # IPv6 forms that embed an IPv4 address are judged by it (issue 13, defect 9)
+        ("64:ff9b::169.254.169.254", False, False),  # NAT64 well-known prefix
+        ("64:ff9b::8.8.8.8", True, True),  # what DNS64 hands an IPv6-only host for a public site
+        ("64:ff9b::10.0.0.5", False, True),
+        ("64:ff9b:1::a9fe:a9fe", False, False),  # local-use NAT64, /96 layout
+        ("64:ff9b:1:a9fe:a9:fe00::", False, False),  # local-use NAT64, /48 layout
+        ("::169.254.169.254", False, False),  # IPv4-compatible
+        ("::ffff:0:169.254.169.254", False, False),  # SIIT IPv4-translated
+        ("2002:a9fe:a9fe::1", False, False),  # 6to4
+        ("2002:808:808::1", True, True),
+        ("2001:0:4136:e378:8000:63bf:5601:5601", False, False),  # Teredo, client 169.254.169.254
     ],
 )
 def test_address_policy(address: str, allowed_public: bool, allowed_private: bool) -> None:
     ip = ipaddress.ip_address(address)
     assert (address_problem(ip, allow_private=False) is None) is allowed_public
     assert (address_problem(ip, allow_private=True) is None) is allowed_private
+
+
+def test_metadata_refusal_never_suggests_allow_private() -> None:
+    for allow in (False, True):
+        for host in ("169.254.169.254", "[64:ff9b::a9fe:a9fe]", "[::ffff:0:169.254.169.254]", "metadata.google.internal"):
+            with pytest.raises(UnsafeURL) as exc:
+                check_url(f"http://{host}/latest/", allow_private=allow, field="video_url")
+            assert "ALLOW_PRIVATE" not in exc.value.message and "metadata" in exc.value.message
+    with pytest.raises(UnsafeURL, match="LIPSYNC_ALLOW_PRIVATE_URLS"):  # a private address does suggest it
+        check_url("http://10.0.0.5/v.mp4", allow_private=False, field="video_url")
 
 
 @pytest.mark.parametrize(
@@ -371,3 +392,4 @@ def test_pipelines_share_one_face_backend():
     other = LipSyncPipeline(Settings(device="cpu"), device="cpu")
     other.share_face_backend(backend)
     assert other.get_face_backend() is backend and other.face_backend_loaded
+

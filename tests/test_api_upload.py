@@ -162,7 +162,22 @@ ERROR_CASES = [
         {"id": "a", "reference": "speaker.jpg"}, {"id": "b", "reference": ["speaker.jpg", "other.jpg"]}])},
      422, "validation_error", "characters[1].reference"),
     ("options not JSON", lambda m: {"files": _files(m), "data": {"options": "{characters: oops"}},
-     422, "validation_error", "options"),
+     400, "invalid_json", "options"),
+    ("options arrays nested 30000 deep", lambda m: {"files": _files(m), "data": {"options": "[" * 30000 + "]" * 30000}},
+     400, "invalid_json", "options"),
+    ("options objects nested 10000 deep", lambda m: {
+        "files": _files(m), "data": {"options": '{"a":' * 10000 + "1" + "}" * 10000}},
+     400, "invalid_json", "options"),
+    ("options not UTF-8", lambda m: {"files": [*_files(m), ("options", (None, b'{"loop_mode": "\xff"}', None))]},
+     400, "invalid_json", "options"),
+    ("boundary of 300 characters", lambda m: {
+        "content": b"--" + b"b" * 300 + b"--\r\n",
+        "headers": {"Content-Type": "multipart/form-data; boundary=" + "b" * 300}},
+     422, "validation_error", "content-type"),
+    ("boundary of 71 characters", lambda m: {
+        "content": b"--" + b"b" * 71 + b"--\r\n",
+        "headers": {"Content-Type": "multipart/form-data; boundary=" + "b" * 71}},
+     422, "validation_error", "content-type"),
     ("options not an object", lambda m: {"files": _files(m), "data": {"options": "[1, 2]"}},
      422, "validation_error", "options"),
     ("bad option value", lambda m: {"files": _files(m), "data": _options(loop_mode="bounce")},
@@ -190,6 +205,10 @@ ERROR_CASES = [
         "headers": {"Content-Type": "multipart/form-data; boundary=b0undary"}},
      413, "request_too_large", None),
     ("wrong API key", lambda m: {"files": _files(m), "data": _options(), "headers": {"Authorization": "Bearer no"}},
+     401, "unauthorized", None),
+    ("no API key, chunked body", lambda m: {
+        "content": _with_epilogue(MAX_PART * 20),
+        "headers": {"Content-Type": "multipart/form-data; boundary=b0undary", "Authorization": ""}},
      401, "unauthorized", None),
 ]
 

@@ -67,6 +67,23 @@ class Settings(BaseSettings):
     download_total_timeout_s: float = Field(600.0, gt=0)
     queue_size: int = Field(100, ge=1, description="Jobs that may wait; beyond that, 429.")
     workers: int | None = Field(None, ge=1, description="Worker count (default: one per GPU, one on CPU).")
+    upload_total_timeout_s: float = Field(1800.0, gt=0, description="Total time for PUTting one result.")
+
+    # --- retention (0 keeps for ever) -----------------------------------------------------------------
+    result_retention_s: float = Field(24 * 3600.0, ge=0, description="Stored results are deleted this long "
+                                      "after they were written.")
+    job_retention_s: float = Field(7 * 24 * 3600.0, ge=0, description="Finished jobs' rows are deleted this "
+                                   "long after they finished.")
+    retention_sweep_s: float = Field(600.0, gt=0, description="How often the retention sweep runs.")
+
+    # --- HTTP connections (lipsync serve) --------------------------------------------------------------
+    http_max_connections: int = Field(512, ge=1, description="Open connections beyond which new requests "
+                                      "get 503 (uvicorn limit_concurrency).")
+    http_keep_alive_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this.")
+    http_header_timeout_s: float = Field(10.0, gt=0, description="The request line and headers must arrive "
+                                         "within this; else the connection is closed.")
+    http_body_timeout_s: float = Field(30.0, gt=0, description="A request body that stalls this long gets "
+                                       "408; JSON bodies must arrive whole within it.")
 
     @field_validator("log_level")
     @classmethod

@@ -182,6 +182,14 @@ class UploadError(LipSyncError):
     http_status = 502
 
 
+class UploadTimeout(UploadError):
+    """The upload did not finish within LIPSYNC_UPLOAD_TOTAL_TIMEOUT_S (a target reading or answering too
+    slowly)."""
+
+    code = "upload_timeout"
+    http_status = 504
+
+
 class UploadRejected(UploadError):
     """The upload URL answered 4xx (an expired or wrongly signed presigned URL): the caller must fix it."""
 

@@ -34,6 +34,8 @@ def is_character_id(value: str) -> bool:
     return isinstance(value, str) and CHARACTER_ID.fullmatch(value) is not None
 
 
+
+
 @dataclass(frozen=True, slots=True)
 class Box:
     """An axis-aligned box in pixel coordinates, x2/y2 exclusive."""

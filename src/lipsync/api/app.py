@@ -14,22 +14,27 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from filelock import FileLock, Timeout
 
 from lipsync import __version__
-from lipsync.api.auth import make_auth_dependency
-from lipsync.api.errors import error_response, install_error_handlers
+from lipsync.api.auth import ApiKeyCheck, make_auth_dependency
+from lipsync.api.errors import install_error_handlers
 from lipsync.api.events import StreamCounter
 from lipsync.api.fetch import Fetcher, FetchLimits
+from lipsync.api.gate import BodyRule, RequestGate
+from lipsync.api.jsonbody import JSONBodyRoute
 from lipsync.api.netguard import check_url
 from lipsync.api.receive import upload_body_limit
 from lipsync.api.routes import UPLOAD_PATHS, Waiters, build_routers, job_view
-from lipsync.api.ui import mount_ui
+from lipsync.api.ui import UI_STATIC_PREFIX, mount_ui
 from lipsync.api.upload import Uploader
+from lipsync.api.watch import TransferWatch
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
+from lipsync.errors import FetchTimeout
 from lipsync.jobs.engine import Engine, ModelGate, PipelineFactory, default_pipeline_factory
+from lipsync.jobs.retention import RetentionSweeper
 from lipsync.jobs.runner import JobRunner
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
@@ -100,7 +105,7 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     uploader = Uploader(limits, allow_private=settings.allow_private_urls)
     gate = ModelGate(engine, preload=settings.preload_models)
     work = JobWork(settings, engine, gate, fetcher, uploader, work_dir / "results")
-    auth = make_auth_dependency(settings.api_key)
+    api_key = ApiKeyCheck(settings.api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -120,20 +125,28 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
         webhooks = WebhookSender(
             secret=settings.webhook_secret,
             payload=lambda record: {"job_id": record.id, **job_view(record)},
-            client_factory=fetcher.client,
+            client_factory=lambda deadline: fetcher.client(TransferWatch(
+                deadline, lambda: FetchTimeout("webhook_url: the receiver did not answer in time",
+                                               field="webhook_url"))),
             guard=lambda url: check_url(url, allow_private=settings.allow_private_urls, field="webhook_url"),
+            outbox=store,
         )
+        sweeper = RetentionSweeper(store, work.results_dir, result_ttl_s=settings.result_retention_s,
+                                   row_ttl_s=settings.job_retention_s, interval_s=settings.retention_sweep_s)
         waiters = Waiters()
         runner.add_listener(waiters)
         runner.add_listener(webhooks)
         app.state.lipsync = AppState(settings, engine, gate, store, runner, work, webhooks, waiters, fetcher,
                                      uploader, device_info)
         gate.start()
-        runner.start()
+        runner.start()  # recovers first: jobs it fails are owed their webhook, sent by resume()
+        webhooks.resume()
+        sweeper.start()
         log.info("lipsync API ready: jobs in %s, work dir %s", db_path, work_dir)
         try:
             yield
         finally:
+            sweeper.stop()
             runner.stop()
             webhooks.join()
             store.close()
@@ -147,20 +160,22 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     )
     install_error_handlers(app)
 
-    upload_limit = upload_body_limit(settings.max_download_bytes)
+    # JSON bodies are small documents: bounded in size and in total time. The upload endpoint carries
+    # media: its cap is the sum of the per-file limits (each part is also checked while it streams), and
+    # it gets the time a URL download of the same inputs would (a trickling client cannot hold it longer).
+    json_rule = BodyRule(MAX_BODY_BYTES, settings.http_body_timeout_s, settings.http_body_timeout_s)
+    upload_rule = BodyRule(upload_body_limit(settings.max_download_bytes), settings.http_body_timeout_s,
+                           settings.download_total_timeout_s)
+    # The web page and the settings' description are public like the docs; the page's calls carry the key.
+    public_paths = {"/health", "/options", "/ui", "/ui/", app.docs_url, app.redoc_url, app.openapi_url,
+                    app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(
+        RequestGate, auth=api_key,
+        is_public=lambda path: path in public_paths or path.startswith(UI_STATIC_PREFIX),
+        rule_for=lambda path: upload_rule if path in UPLOAD_PATHS else json_rule,
+    )  # fmt: skip
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        # Request bodies are small JSON documents; refuse big ones before reading them. The upload
-        # endpoint carries media: its cap is the sum of the per-file limits (each part is also checked,
-        # and the running total, while it streams in, for bodies sent without a Content-Length).
-        limit = upload_limit if request.url.path in UPLOAD_PATHS else MAX_BODY_BYTES
-        length = request.headers.get("content-length")
-        if length and (not length.isdigit() or int(length) > limit):
-            return error_response(413, "request_too_large", f"request body over {limit} bytes")
-        return await call_next(request)
-
-    public, private = build_routers(auth)
+    public, private = build_routers(make_auth_dependency(api_key), route_class=JSONBodyRoute)
     app.include_router(public)
     app.include_router(private)
     mount_ui(app)

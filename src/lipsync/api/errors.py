@@ -49,6 +49,19 @@ class RequestTooLarge(LipSyncError):
     http_status = 413
 
 
+class InvalidJSON(LipSyncError):
+    """A JSON body (or the upload's ``options`` part) that cannot be parsed: not UTF-8, not JSON, nested
+    too deeply, or holding what JSON does not allow (NaN, unpaired surrogates). One code for all."""
+
+    code = "invalid_json"
+    http_status = 400
+
+
+class RequestTimeout(LipSyncError):
+    code = "request_timeout"
+    http_status = 408
+
+
 class UnsupportedContentType(LipSyncError):
     code = "unsupported_media_type"
     http_status = 415

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Literal
 import httpx
 
 from lipsync.api.netguard import check_url, guarded_client, redact
+from lipsync.api.watch import TransferWatch
 from lipsync.config import Settings
 from lipsync.errors import (
     DownloadTooLarge,
@@ -114,6 +114,7 @@ class FetchLimits:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     total_timeout_s: float = 600.0
+    upload_total_timeout_s: float = 1800.0
     max_redirects: int = 5
     attempts: int = 3
     backoff_s: float = 0.5
@@ -125,6 +126,7 @@ class FetchLimits:
             connect_timeout_s=settings.download_connect_timeout_s,
             read_timeout_s=settings.download_read_timeout_s,
             total_timeout_s=settings.download_total_timeout_s,
+            upload_total_timeout_s=settings.upload_total_timeout_s,
         )
 
     def timeout(self) -> httpx.Timeout:
@@ -155,10 +157,11 @@ class GuardedHTTP:
         self.allow_private = allow_private
         self._ssl: ssl.SSLContext | None = None
 
-    def client(self) -> httpx.Client:
+    def client(self, watch: TransferWatch | None = None) -> httpx.Client:
         if self._ssl is None:
             self._ssl = httpx.create_ssl_context()  # once: loading the CA bundle is slow
-        return guarded_client(allow_private=self.allow_private, timeout=self.limits.timeout(), ssl_context=self._ssl)
+        return guarded_client(allow_private=self.allow_private, timeout=self.limits.timeout(), ssl_context=self._ssl,
+                              watch=watch)
 
     def check(self, url: str, field: str) -> None:
         check_url(url, allow_private=self.allow_private, field=field)
@@ -169,28 +172,32 @@ class Fetcher(GuardedHTTP):
     def download(self, url: str, dest_stem: Path, *, kind: InputKind, field: str,
                  check_stop: Callable[[], None] | None = None) -> Path:
         """Download ``url`` to ``dest_stem`` + the sniffed extension. Raises a LipSyncError naming
-        ``field`` on every failure; nothing partial is left behind. ``check_stop`` is called between
-        chunks and may raise (job cancellation) to abandon the transfer."""
-        deadline = time.monotonic() + self.limits.total_timeout_s
+        ``field`` on every failure; nothing partial is left behind. The total timeout, and ``check_stop``
+        (which may raise, e.g. job cancellation), hold while blocked on the network too (api/watch.py)."""
+        total = self.limits.total_timeout_s
+        watch = TransferWatch.within(
+            total,
+            lambda: FetchTimeout(f"{field}: the download of {redact(url)} took longer than {total:g} s"
+                                 " (LIPSYNC_DOWNLOAD_TOTAL_TIMEOUT_S)", field=field),
+            check_stop,
+        )
         last = ""
         for attempt in range(1, self.limits.attempts + 1):
             try:
-                return self._attempt(url, dest_stem, kind=kind, field=field, deadline=deadline,
-                                     check_stop=check_stop)
+                return self._attempt(url, dest_stem, kind=kind, field=field, watch=watch)
             except _Retry as retry:
                 last = retry.reason
                 log.info("download of %s attempt %d: %s", redact(url), attempt, retry.reason)
                 if attempt < self.limits.attempts:
                     pause = self.limits.backoff_s * attempt
-                    if time.monotonic() + pause >= deadline:
+                    if pause >= watch.remaining():
                         break
-                    time.sleep(pause)
+                    watch.sleep(pause)
         raise FetchError(f"{field}: download failed after {self.limits.attempts} attempts: {last}", field=field)
 
-    def _attempt(self, url: str, dest_stem: Path, *, kind: InputKind, field: str, deadline: float,
-                 check_stop: Callable[[], None] | None) -> Path:
+    def _attempt(self, url: str, dest_stem: Path, *, kind: InputKind, field: str, watch: TransferWatch) -> Path:
         current = url
-        with self.client() as client:
+        with self.client(watch) as client:
             for _hop in range(self.limits.max_redirects + 1):
                 self.check(current, field)
                 try:
@@ -198,8 +205,7 @@ class Fetcher(GuardedHTTP):
                         if resp.status_code in REDIRECTS and "location" in resp.headers:
                             current = str(resp.url.join(resp.headers["location"]))
                             continue
-                        return self._save(resp, dest_stem, kind=kind, field=field, deadline=deadline,
-                                          check_stop=check_stop)
+                        return self._save(resp, dest_stem, kind=kind, field=field, watch=watch)
                 except LipSyncError:
                     raise
                 except _Retry:
@@ -220,7 +226,7 @@ class Fetcher(GuardedHTTP):
         raise FetchError(f"{field}: more than {self.limits.max_redirects} redirects", field=field)
 
     def _save(self, resp: httpx.Response, dest_stem: Path, *, kind: InputKind, field: str,
-              deadline: float, check_stop: Callable[[], None] | None = None) -> Path:
+              watch: TransferWatch) -> Path:
         where = redact(str(resp.url))
         status = resp.status_code
         if status >= 500:
@@ -242,17 +248,12 @@ class Fetcher(GuardedHTTP):
         out = None
         size = 0
         try:
-            for chunk in resp.iter_bytes(64 * 1024):
-                if check_stop is not None:
-                    check_stop()
+            # Chunks as they arrive (no re-chunking to a fixed size, which waited for 64 KiB between checks).
+            for chunk in resp.iter_bytes():
+                watch.check()
                 size += len(chunk)
                 if size > limit:
                     raise DownloadTooLarge(f"{field}: {where} is over the {human_size(limit)} limit", field=field)
-                if time.monotonic() > deadline:
-                    raise FetchTimeout(
-                        f"{field}: download of {where} took longer than {self.limits.total_timeout_s:g} s",
-                        field=field,
-                    )
                 if out is None:
                     head += chunk
                     if len(head) < SNIFF_BYTES:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpcore
 import httpx
 
+from lipsync.api.watch import TransferWatch, WatchedStream
 from lipsync.errors import FetchError, UnsafeURL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -54,18 +55,44 @@ def redact(url: str) -> str:
         return "<unparseable url>"
 
 
-def _unwrap(ip: IPAddress) -> IPAddress:
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip.sixtofour is not None:
-            return ip.sixtofour
-    return ip
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use prefixes (/48 to /96)
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
+_COMPATIBLE = ipaddress.ip_network("::/96")  # RFC 4291 IPv4-compatible (deprecated, still routed by some)
 
 
-def address_problem(ip: IPAddress, *, allow_private: bool) -> str | None:
-    """Why connecting to ``ip`` is refused, or None when it is fine."""
-    ip = _unwrap(ip)
+def _v4(value: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+
+
+def embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address may lead to: a translator (NAT64, SIIT), a tunnel (6to4,
+    Teredo) or the kernel itself (mapped, compatible) turns these into IPv4 connections, so the IPv4
+    address is what must be classified."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    n = int(ip)
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _SIIT or ip in _NAT64:
+        found.append(_v4(n))
+    if ip in _COMPATIBLE and n > 1:  # :: and ::1 are the unspecified and loopback addresses themselves
+        found.append(_v4(n))
+    if ip in _NAT64_LOCAL:
+        # The prefix length is the operator's choice; RFC 6052 puts the IPv4 address at bits 96-127 for
+        # a /96 and at bits 48-63 + 72-87 (skipping the 'u' octet) for a /48. Check both.
+        for v4 in (_v4(n), _v4((((n >> 64) & 0xFFFF) << 16) | ((n >> 40) & 0xFFFF))):
+            if not v4.is_unspecified:  # the zeros of the other interpretation
+                found.append(v4)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client); Python undoes the client's obfuscation
+    return found
+
+
+def _problem_of(ip: IPAddress, *, allow_private: bool) -> str | None:
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if allow_private:
@@ -81,6 +108,24 @@ def address_problem(ip: IPAddress, *, allow_private: bool) -> str | None:
     if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
         return "not a public address"
     return None
+
+
+def address_problem(ip: IPAddress, *, allow_private: bool) -> str | None:
+    """Why connecting to ``ip`` is refused, or None when it is fine. An IPv6 address that embeds an IPv4
+    one is judged by the IPv4 address (any refused candidate refuses it): a NAT64 address of a public
+    host is public, one of the metadata address is the metadata address."""
+    embedded = embedded_ipv4(ip)
+    for v4 in embedded:
+        problem = _problem_of(v4, allow_private=allow_private)
+        if problem:
+            return f"{problem} ({v4}, embedded in the IPv6 address)"
+    if embedded and isinstance(ip, ipaddress.IPv6Address) and (ip in _NAT64 or ip.ipv4_mapped is not None):
+        return None  # the translation is the destination; the IPv6 form itself is not private
+    return _problem_of(ip, allow_private=allow_private)
+
+
+def _is_metadata(problem: str) -> bool:
+    return problem.startswith("a cloud metadata address")
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -107,7 +152,9 @@ def checked_addresses(host: str, port: int, *, allow_private: bool, field: str |
     for ip in addresses:
         problem = address_problem(ip, allow_private=allow_private)
         if problem:
-            hint = "" if allow_private else " (set LIPSYNC_ALLOW_PRIVATE_URLS=true to allow private networks)"
+            # LIPSYNC_ALLOW_PRIVATE_URLS does not allow metadata addresses: never suggest it for one.
+            hint = ("" if allow_private or _is_metadata(problem)
+                    else " (set LIPSYNC_ALLOW_PRIVATE_URLS=true to allow private networks)")
             raise UnsafeURL(f"{field or 'url'}: {host} resolves to {ip}, {problem}; refused{hint}", field=field)
     return addresses
 
@@ -139,8 +186,9 @@ def check_url(url: str, *, allow_private: bool, field: str | None = None) -> htt
 class _GuardedBackend(httpcore.NetworkBackend):
     """Resolves, checks, then connects to the checked IP: what was checked is what is connected to."""
 
-    def __init__(self, allow_private: bool) -> None:
+    def __init__(self, allow_private: bool, watch: TransferWatch | None = None) -> None:
         self.allow_private = allow_private
+        self.watch = watch
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -159,10 +207,19 @@ class _GuardedBackend(httpcore.NetworkBackend):
             raise httpcore.ConnectError(exc.message) from None
         last: Exception | None = None
         for ip in addresses:
+            if self.watch is not None:
+                self.watch.check()
+                timeout = self.watch.cap(timeout)
             try:
-                return self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+                stream = self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
             except httpcore.ConnectError as exc:
                 last = exc
+                continue
+            except httpcore.ConnectTimeout:
+                if self.watch is not None:
+                    self.watch.check()  # the deadline, when that is what cut the connect short
+                raise
+            return stream if self.watch is None else WatchedStream(stream, self.watch)
         raise last or httpcore.ConnectError(f"cannot connect to {host}")
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):  # pragma: no cover
@@ -176,19 +233,22 @@ class GuardedTransport(httpx.HTTPTransport):
     """httpx transport whose every connection goes through the SSRF check. No proxies from the
     environment (a proxy would hide the real destination from the check)."""
 
-    def __init__(self, *, allow_private: bool, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, allow_private: bool, ssl_context: ssl.SSLContext | None = None,
+                 watch: TransferWatch | None = None) -> None:
         ctx = ssl_context or httpx.create_ssl_context()
         super().__init__(verify=ctx, trust_env=False)
         # httpx exposes no network-backend argument; the pool it builds is replaced with an identical
         # one using our backend (the pool attribute has been stable across httpx 0.2x).
-        self._pool = httpcore.ConnectionPool(ssl_context=ctx, network_backend=_GuardedBackend(allow_private))
+        self._pool = httpcore.ConnectionPool(ssl_context=ctx,
+                                             network_backend=_GuardedBackend(allow_private, watch))
 
 
-def guarded_client(*, allow_private: bool, timeout: httpx.Timeout,
-                   ssl_context: ssl.SSLContext | None = None) -> httpx.Client:
-    """A client for one transfer. Pass a shared ``ssl_context``: loading the CA bundle costs ~30 ms."""
+def guarded_client(*, allow_private: bool, timeout: httpx.Timeout, ssl_context: ssl.SSLContext | None = None,
+                   watch: TransferWatch | None = None) -> httpx.Client:
+    """A client for one transfer. Pass a shared ``ssl_context``: loading the CA bundle costs ~30 ms.
+    With a ``watch``, every connection holds its deadline and cancellation whatever the peer's pace."""
     return httpx.Client(
-        transport=GuardedTransport(allow_private=allow_private, ssl_context=ssl_context),
+        transport=GuardedTransport(allow_private=allow_private, ssl_context=ssl_context, watch=watch),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

@@ -4,22 +4,25 @@ form parser does, and only after reading the whole body).
 
 Every part is checked while it arrives: the per-input byte limit (DownloadTooLarge naming the part),
 the same content sniffing as URL downloads (an HTML page as `video` is refused after its first bytes),
-a bound on the whole body, and only the known part names. The caller owns the folder: on any error it
-deletes what was written (``MultipartReceiver.abort`` closes the open file first).
+and only the known part names; the whole body's size and time are bounded upstream by the request gate
+(api/gate.py). The ``options`` part parses like a JSON body (api/jsonbody.py: one ``invalid_json`` error).
+The caller owns the folder: on any error it deletes what was written (``MultipartReceiver.abort`` closes
+the open file first).
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from lipsync.api.errors import RequestInvalid, RequestTooLarge, UnsupportedContentType
 from lipsync.api.fetch import SNIFF_BYTES, InputKind, expected, human_size, sniff, unacceptable
+from lipsync.api.jsonbody import parse_json
 from lipsync.errors import DownloadTooLarge, NotAMediaFile
 
 # The file parts and what their content must sniff as (the same rules as the *_url downloads).
@@ -27,6 +30,8 @@ _KIND: dict[str, InputKind] = {"video": "video", "audio": "audio", "references":
 MAX_REFERENCES = 16
 MAX_OPTIONS_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 8 * 1024
+# RFC 2046: 1 to 70 characters from this set (the last not a space).
+_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 @dataclass
@@ -61,10 +66,9 @@ class MultipartReceiver:
     """Feed it the body chunk by chunk (blocking file writes: call from a worker thread), then
     ``finish()``. Raises LipSyncErrors naming the offending part."""
 
-    def __init__(self, boundary: bytes, workdir: Path, *, max_file_bytes: int, max_total_bytes: int) -> None:
+    def __init__(self, boundary: bytes, workdir: Path, *, max_file_bytes: int) -> None:
         self.workdir = Path(workdir)
         self.max_file_bytes = max_file_bytes
-        self.max_total_bytes = max_total_bytes
         self.total = 0
         self.received = Received()
         self._options_seen = False
@@ -89,11 +93,9 @@ class MultipartReceiver:
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
-        if self.total > self.max_total_bytes:
-            raise RequestTooLarge(f"the upload is over the {human_size(self.max_total_bytes)} request limit")
         try:
             self._parser.write(chunk)
-        except MultipartParseError as exc:
+        except FormParserError as exc:  # the base of every python-multipart error
             raise RequestInvalid(f"the multipart/form-data body is malformed: {exc}") from None
         events, self._events = self._events, []
         for kind, data in events:
@@ -219,10 +221,7 @@ class MultipartReceiver:
     def _options(self, text: bytes) -> None:
         if not text.strip():
             return
-        try:
-            value = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestInvalid(f"options: not valid JSON ({exc})", field="options") from None
+        value = parse_json(text, what="options", field="options")
         if not isinstance(value, dict):
             raise RequestInvalid("options: must be a JSON object", field="options")
         self.received.options = value
@@ -240,5 +239,10 @@ def multipart_boundary(content_type: str | None) -> bytes:
     if kind != b"multipart/form-data" or not boundary:
         raise UnsupportedContentType(
             f"send multipart/form-data (with a boundary), not {content_type or 'no Content-Type'}"
+        )
+    if not _BOUNDARY.fullmatch(boundary):
+        raise RequestInvalid(
+            f"the multipart boundary ({len(boundary)} characters) is not valid: RFC 2046 allows 1 to 70 letters,"
+            " digits and '()+_,-./:=? (every HTTP client's default is)", field="content-type",
         )
     return boundary

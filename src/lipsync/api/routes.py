@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from lipsync import __version__
@@ -115,7 +116,7 @@ class Waiters:
 
 
 _ERRORS = {
-    400: {"model": ErrorOut, "description": "Bad media or download failure"},
+    400: {"model": ErrorOut, "description": "Bad media, download failure or a body that is not JSON"},
     401: {"model": ErrorOut, "description": "Missing or wrong API key"},
     413: {"model": ErrorOut, "description": "Input too large"},
     422: {"model": ErrorOut, "description": "Validation error, unsafe URL or unusable media"},
@@ -124,9 +125,9 @@ _ERRORS = {
 }
 
 
-def build_routers(auth) -> tuple[APIRouter, APIRouter]:
-    public = APIRouter()
-    private = APIRouter(dependencies=[Depends(auth)], responses={401: _ERRORS[401]})
+def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRouter, APIRouter]:
+    public = APIRouter(route_class=route_class)
+    private = APIRouter(dependencies=[Depends(auth)], responses={401: _ERRORS[401]}, route_class=route_class)
 
     @public.get("/health", response_model=HealthOut, summary="Health: models, GPU, queue")
     async def health(request: Request) -> dict[str, Any]:
@@ -317,7 +318,8 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
         if not path.is_file():
             if (record.result or {}).get("output_url"):
                 raise ResultNotStored("this job's result was uploaded to its upload_url, not kept here")
-            raise ResultNotStored(f"the result of job {job_id} is no longer stored (deleted)")
+            raise ResultNotStored(f"the result of job {job_id} is no longer stored (deleted by DELETE /jobs/{job_id}"
+                                  " or by retention: LIPSYNC_RESULT_RETENTION_S)")
         return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
 
     return public, private

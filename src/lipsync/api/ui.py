@@ -10,10 +10,11 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).with_name("static")
+UI_STATIC_PREFIX = "/ui/static/"
 
 
 def mount_ui(app: FastAPI) -> None:
-    app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.mount(UI_STATIC_PREFIX.rstrip("/"), StaticFiles(directory=STATIC), name="ui-static")
 
     @app.get("/ui", include_in_schema=False)
     async def ui_page() -> FileResponse:

@@ -27,7 +27,6 @@ from lipsync.api.receive import (
     Received,
     ReceivedFile,
     multipart_boundary,
-    upload_body_limit,
 )
 from lipsync.api.schemas import EXAMPLE_UPLOAD_OPTIONS, LipSyncUploadOptions, TrackingUploadOptions
 from lipsync.api.work import LOCAL_INPUTS
@@ -93,8 +92,7 @@ async def receive_and_submit(request: Request, state: Any, kind: str = "lipsync"
     max_file = state.settings.max_download_bytes
     job_id = new_job_id()
     workdir = state.runner.scratch_for(job_id)
-    receiver = MultipartReceiver(boundary, workdir, max_file_bytes=max_file,
-                                 max_total_bytes=upload_body_limit(max_file))
+    receiver = MultipartReceiver(boundary, workdir, max_file_bytes=max_file)
     try:
         try:
             async for chunk in request.stream():

@@ -178,7 +178,7 @@ class JobWork:
         upload_url = job.params.get("upload_url")
         ctx.progress("upload", 0, 1)
         if upload_url:
-            self.uploader.upload(out, upload_url)
+            self.uploader.upload(out, upload_url, check_stop=ctx.check_cancelled)
             delivered = {"output_url": redact(upload_url), "download_url": None}
         else:
             self.results_dir.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,8 @@ import click
 )
 def serve(host: str, port: int, workers_per_gpu: int | None) -> None:
     """Run the HTTP API (POST /lipsync, /face-tracking, /jobs ...; docs at /docs)."""
-    import uvicorn
-
     from lipsync.api import create_app
+    from lipsync.api.server import serve as run_server
     from lipsync.config import Settings
     from lipsync.jobs.engine import torch_device_info
 
@@ -24,7 +23,5 @@ def serve(host: str, port: int, workers_per_gpu: int | None) -> None:
     if workers_per_gpu is not None and settings.workers is None:
         gpus = int(torch_device_info().get("gpu_count") or 0)
         settings = settings.model_copy(update={"workers": max(1, gpus) * workers_per_gpu if gpus else 1})
-    app = create_app(settings)
-    # One process: the worker pool and the job store live in it. log_config=None keeps our logging setup.
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
-                timeout_graceful_shutdown=15)
+    # Connection limits (LIPSYNC_HTTP_*): see lipsync.api.server.
+    run_server(create_app(settings), settings, host=host, port=port)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lipsync.errors import JobNotFound, QueueFull
-from lipsync.jobs.models import MAX_ATTEMPTS, JobFailure, JobRecord, StageProgress, new_job_id
+from lipsync.jobs.models import FINAL_STATUSES, MAX_ATTEMPTS, JobFailure, JobRecord, StageProgress, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT NOT NULL DEFAULT '{}',
     result TEXT,
     error TEXT,
-    webhook_url TEXT
+    webhook_url TEXT,
+    webhook_status TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 """
+
+# Columns added after the first release: (name, SQL type). Older databases get them on open.
+_ADDED_COLUMNS = (("webhook_status", "TEXT"),)
+
+# Every move to a final status marks the job's webhook as owed, in the same statement, so no path to a
+# final state (a worker, a cancel, crash recovery) can forget it; WebhookSender claims and settles it.
+_OWE_WEBHOOK = "webhook_status=CASE WHEN COALESCE(webhook_url, '') != '' THEN 'pending' END"
 
 
 def _row_to_record(row: sqlite3.Row) -> JobRecord:
@@ -75,6 +83,10 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            have = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -151,7 +163,7 @@ class JobStore:
         marks = ",".join("?" * len(allowed))
         with self._lock:
             cur = self._db.execute(
-                f"UPDATE jobs SET status=?, result=?, error=?, finished_at=?, updated_at=?"
+                f"UPDATE jobs SET status=?, result=?, error=?, finished_at=?, updated_at=?, {_OWE_WEBHOOK}"
                 f" WHERE id=? AND status IN ({marks})",
                 (
                     status,
@@ -202,13 +214,57 @@ class JobStore:
                         http_status=500,
                     )
                     self._db.execute(
-                        "UPDATE jobs SET status='failed', error=?, finished_at=?, updated_at=? WHERE id=?",
+                        f"UPDATE jobs SET status='failed', error=?, finished_at=?, updated_at=?, {_OWE_WEBHOOK}"
+                        " WHERE id=?",
                         (json.dumps(err.to_dict()), now, now, row["id"]),
                     )
                     failed.append(row["id"])
+            # Deliveries cut short by the stop are owed again (receivers must accept a repeat: the
+            # X-Lipsync-Job-Id header identifies it).
+            self._db.execute("UPDATE jobs SET webhook_status='pending' WHERE webhook_status='sending'")
         if requeued or failed:
             log.warning("recovered interrupted jobs: requeued %s, failed %s", requeued, failed)
         return requeued, failed
+
+    # --- webhook outbox ----------------------------------------------------------------------------
+
+    def claim_webhook(self, job_id: str) -> bool:
+        """pending -> sending; False when someone else has it or none is owed."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE jobs SET webhook_status='sending' WHERE id=? AND webhook_status='pending'", (job_id,)
+            )
+        return cur.rowcount == 1
+
+    def settle_webhook(self, job_id: str, outcome: str) -> None:
+        """sending -> 'delivered' (the receiver answered) or 'failed' (gave up after the retries)."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET webhook_status=? WHERE id=? AND webhook_status='sending'",
+                             (outcome, job_id))
+
+    def webhook_status(self, job_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT webhook_status FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row["webhook_status"] if row else None
+
+    def pending_webhooks(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE webhook_status='pending' ORDER BY seq").fetchall()
+        return [_row_to_record(r) for r in rows]
+
+    # --- retention ---------------------------------------------------------------------------------
+
+    def delete_finished_before(self, cutoff: float) -> list[str]:
+        """Delete the rows of jobs that reached a final status before ``cutoff`` (time.time()); their ids."""
+        finals = tuple(sorted(FINAL_STATUSES))
+        marks = ",".join("?" * len(finals))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE status IN ({marks}) AND finished_at < ?", (*finals, cutoff)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            self._db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+        return ids
 
     # --- reads --------------------------------------------------------------------------------------
 

@@ -319,7 +319,7 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int | None]:
-    match = _CONTENT_RANGE.match(value or "")
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
     if not match:
         raise _Transient(f"206 response with unusable Content-Range {value!r}")
     total = match.group(3)
@@ -327,7 +327,7 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None]:
 
 
 def _content_range_total(value: str | None) -> int | None:
-    match = re.match(r"bytes\s+\*/(\d+)", value or "")
+    match = re.fullmatch(r"bytes\s+\*/(\d+)", (value or "").strip())
     return int(match.group(1)) if match else None
 
 
