@@ -26,7 +26,8 @@ from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers, job_view
 from lipsync.api.upload import Uploader
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
-from lipsync.jobs.engine import Engine, ModelGate, PipelineFactory, default_pipeline_factory
+from lipsync.jobs.engine import Engine, PipelineFactory, default_pipeline_factory
+from lipsync.jobs.gate import ModelGate
 from lipsync.jobs.runner import JobRunner
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lipsync import __version__
-from lipsync.api.errors import ResultNotReady, ResultNotStored, failure_response
+from lipsync.api.errors import ResultNotReady, ResultNotStored, Unauthorized, failure_response
 from lipsync.api.schemas import (
     ErrorOut,
     FaceTrackingIn,
@@ -26,6 +26,7 @@ from lipsync.api.schemas import (
     LipSyncOut,
 )
 from lipsync.api.upload_job import UPLOAD_DESCRIPTION, UPLOAD_OPENAPI, receive_and_submit
+from lipsync.jobs.gate import models_needed
 from lipsync.jobs.models import JobRecord
 
 UPLOAD_PATH = "/lipsync/upload"
@@ -101,6 +102,15 @@ class Waiters:
         return await fut
 
 
+async def _holds_key(auth, request: Request) -> bool:
+    """Whether the request carries the right API key (for /health, which answers everyone)."""
+    try:
+        await auth(request)
+    except Unauthorized:
+        return False
+    return True
+
+
 _ERRORS = {
     400: {"model": ErrorOut, "description": "Bad media or download failure"},
     401: {"model": ErrorOut, "description": "Missing or wrong API key"},
@@ -121,10 +131,12 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
         loaded = state.engine.models_loaded()
         dev = state.device_info
         gate = state.gate
-        status = {"ready": "healthy", "idle": "healthy", "loading": "loading", "failed": "unhealthy"}[gate.state]
-        if gate.state == "loading" and not gate.preload:
+        overall = gate.state
+        status = {"ready": "healthy", "idle": "healthy", "loading": "loading", "degraded": "degraded",
+                  "failed": "unhealthy"}[overall]
+        if overall == "loading" and not gate.preload:
             status = "healthy"  # lazy mode: a first job loading the models does not make the server unready
-        return {
+        body = {
             "status": status,
             "insightface_loaded": loaded.get("insightface", False),
             "wav2lip_loaded": loaded.get("wav2lip", False),
@@ -134,9 +146,15 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
             "gpu_memory_gb": dev.get("gpu_memory_gb"),
             "queue_depth": await run_in_threadpool(lambda: state.runner.queue_depth),
             "running_jobs": state.runner.running_jobs,
-            "models": gate.state,
-            "models_error": gate.error.message if gate.error else None,
+            "models": overall,
+            "model_states": dict(gate.states),
+            # /health needs no key: names, states and codes only; the messages (with server paths) are
+            # for callers that hold the API key.
+            "models_error": gate.summary(),
         }
+        keyed = bool(state.settings.api_key) and await _holds_key(auth, request)
+        body["models_detail"] = (gate.details() or None) if keyed else None
+        return body
 
     @private.get("/", response_model=InfoOut, summary="API information")
     async def info() -> dict[str, Any]:
@@ -144,7 +162,7 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
 
     async def _submit(request: Request, kind: str, body: LipSyncIn | FaceTrackingIn) -> JobRecord:
         state = request.app.state.lipsync
-        state.gate.check_accepting()
+        state.gate.check_accepting(models_needed(kind, getattr(body, "enhance_quality", False)))
         params = body.model_dump(mode="json", exclude={"async_"})
         await run_in_threadpool(state.check_urls, params)
         return await run_in_threadpool(
@@ -196,7 +214,7 @@ def build_routers(auth) -> tuple[APIRouter, APIRouter]:
         # The body is parsed by hand (streamed to the job's scratch folder), so FastAPI reads none of it;
         # the auth dependency has run by now, before any byte of the upload is read.
         state = request.app.state.lipsync
-        state.gate.check_accepting()
+        state.gate.check_accepting(models_needed("lipsync", enhance=False))  # enhancement: once options are read
         record, async_ = await receive_and_submit(request, state)
         if async_:
             return _accepted(record)

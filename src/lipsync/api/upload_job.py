@@ -31,6 +31,7 @@ from lipsync.api.receive import (
 )
 from lipsync.api.schemas import EXAMPLE_UPLOAD_OPTIONS, LipSyncUploadOptions
 from lipsync.api.work import LOCAL_INPUTS
+from lipsync.jobs.gate import models_needed
 from lipsync.jobs.models import JobRecord, new_job_id
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ async def receive_and_submit(request: Request, state: Any) -> tuple[JobRecord, b
             raise RequestInvalid("the client disconnected during the upload") from None
         received = receiver.finish()
         options = _validate(received.options)
+        state.gate.check_accepting(models_needed("lipsync", options.enhance_quality))
         params = _params(received, options)
         await run_in_threadpool(state.check_urls, params)
         record = await run_in_threadpool(

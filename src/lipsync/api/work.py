@@ -17,7 +17,8 @@ from lipsync.api.netguard import redact
 from lipsync.api.upload import Uploader
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, UploadLost
-from lipsync.jobs.engine import Engine, LipSyncInputs, ModelGate, TrackingInputs
+from lipsync.jobs.engine import Engine, LipSyncInputs, TrackingInputs
+from lipsync.jobs.gate import ModelGate, models_needed
 from lipsync.jobs.models import JobRecord
 from lipsync.jobs.runner import JobContext
 from lipsync.types import Character
@@ -91,8 +92,8 @@ class JobWork:
 
     def __call__(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
         try:
-            if self.gate.preload:
-                self.gate.ensure_loaded()  # no-op once loaded; waits for a preload still running
+            # Only the models this job uses: a missing enhancer does not stop a job without enhancement.
+            self.gate.require(models_needed(job.kind, bool(job.params.get("enhance_quality", True))))
             if job.kind == "face_tracking":
                 return self._face_tracking(job, ctx)
             return self._lipsync(job, ctx)

@@ -1,6 +1,7 @@
 """Jobs: records, the SQLite store, the worker pool, webhooks and the engine seam."""
 
-from lipsync.jobs.engine import Engine, EngineOutput, LipSyncInputs, ModelGate, PipelineEngine, TrackingInputs
+from lipsync.jobs.engine import Engine, EngineOutput, LipSyncInputs, PipelineEngine, TrackingInputs
+from lipsync.jobs.gate import ModelGate, models_needed
 from lipsync.jobs.models import FINAL_STATUSES, JOB_STATUSES, JobFailure, JobRecord
 from lipsync.jobs.runner import JobContext, JobRunner
 from lipsync.jobs.store import JobStore
@@ -22,6 +23,7 @@ __all__ = [
     "PipelineEngine",
     "TrackingInputs",
     "WebhookSender",
+    "models_needed",
     "sign",
     "verify",
 ]
