@@ -66,6 +66,7 @@ def run(
     progress: bool,
 ) -> None:
     """Lip-sync VIDEO to AUDIO and write OUT (MP4, H.264 + AAC)."""
+    from lipsync.models.preflight import ensure_models, needs_for_run
     from lipsync.pipeline import LipSyncPipeline, LipSyncRequest, check_request
 
     overrides: dict = {}
@@ -90,9 +91,10 @@ def run(
     # Bad inputs fail in a second, before any model is downloaded or loaded.
     check_request(request)
     pipeline = LipSyncPipeline(settings)
+    # Every model the run needs, checked (and fetched) before any work: one error lists all that are missing.
     with ProgressBar(progress, unit="B") as downloads:
-        for name in pipeline.required_models(enhance):
-            pipeline.store.ensure(name, progress=downloads.for_label(f"downloading {name}"))
+        ensure_models(pipeline.store, needs_for_run(settings, enhance=enhance),
+                      progress=lambda name: downloads.for_label(f"downloading {name}"))  # fmt: skip
 
     with ProgressBar(progress, labels=_STAGE_LABELS) as bars:
         result = pipeline(request, progress=bars.update)
