@@ -141,3 +141,13 @@ def test_name_resolution_failure_is_not_retried(tmp_path: Path, caplog) -> None:
     for url in ("primary.invalid/wav2lip_gan.pth", "mirror.invalid/wav2lip_gan.pth", "mirror.invalid/GFPGANv1.4.pth"):
         assert url in message, message
     assert "not retried" in message and "--no-enhance" in message
+
+
+def test_a_wrong_own_file_and_a_missing_one_are_both_reported(tmp_path: Path) -> None:
+    settings = Settings(models_dir=tmp_path / "models", offline=True, det_model=tmp_path / "nope.onnx")
+    with pytest.raises(ModelNotAvailable) as info:
+        ensure_models(ModelStore(settings), needs_for_run(settings, enhance=False))
+    message = info.value.message
+    assert f"LIPSYNC_DET_MODEL points at {tmp_path / 'nope.onnx'}, which does not exist" in message
+    assert "extract w600k_r50.onnx into" in message and "det_10g.onnx" not in message, message
+    assert message.startswith("2 models this run needs are missing (downloads are off: LIPSYNC_OFFLINE=1)")

@@ -53,7 +53,9 @@ _ABOUT: dict[str, _About] = {
         "LIPSYNC_FACE_BACKEND=dlib",
     ),
     "wav2lip": _About(
-        "the Wav2Lip lip-sync model", "`lipsync models download wav2lip_gan`, or LIPSYNC_WAV2LIP_CHECKPOINT"
+        "the Wav2Lip lip-sync model",
+        "`lipsync models download wav2lip_gan` (or the variant LIPSYNC_WAV2LIP_MODEL names), or "
+        "LIPSYNC_WAV2LIP_CHECKPOINT",
     ),
     "gfpgan": _About(
         "the GFPGAN enhancement model (gfpgan_v1.4)",
@@ -83,14 +85,12 @@ def public_error(name: str, state: ModelGateState, cause: LipSyncError | None) -
     about = _ABOUT[name]
     if state == "loading":
         return NotReady(f"{about.what} ({name}) is still loading; retry in a moment")
-    if state == "missing":
-        error: LipSyncError = ModelNotAvailable("")
-    elif isinstance(cause, ModelError):
-        error = type(cause)("")
+    if isinstance(cause, ModelError):
+        error: LipSyncError = type(cause)("")  # the same code as the cause (checksum_mismatch, ...)
     else:
-        error = NotReady("")
+        error = ModelNotAvailable("") if state == "missing" else NotReady("")
     problem = "is missing on this server" if state == "missing" else "failed to load on this server"
-    if cause is not None and state == "failed":
+    if cause is not None and cause.code != "model_not_available":
         problem += f" ({cause.code})"
     steps = [about.skip] if about.skip else []
     steps.append(f"the operator can install it ({about.install}; the server log has the details)")

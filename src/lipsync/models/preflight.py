@@ -63,24 +63,26 @@ class _Problem:
     downloadable: bool  # False: a user file that does not exist (no download can help)
 
 
-def _bad_override(field: str, path: object) -> _Problem:
-    return _Problem(f"{env_var(field)} points at {path}, which does not exist; fix it or unset it", False)
+def _bad_override(field: str, path: object) -> str:
+    return f"{env_var(field)} points at {path}, which does not exist; fix it or unset it"
 
 
 def _problem(store: ModelStore, need: ModelNeed) -> _Problem | None:
     """What is wrong with ``need`` right now (no download), or None when every file is in place."""
     if need.members:
+        texts = []
         for member in need.members:
             override = store.override_for(need.name, member)
             if override is not None and not override.is_file():
-                return _bad_override(MEMBER_OVERRIDES[(need.name, member)], override)
+                texts.append(_bad_override(MEMBER_OVERRIDES[(need.name, member)], override))
+        bad_overrides = bool(texts)
         missing = store.missing_members(need.name, need.members)
-        if not missing:
-            return None
-        return _Problem(store.how_to_place(need.name, members=missing) + store.own_file_hint(need.name, missing), True)
+        if missing:
+            texts.append(store.how_to_place(need.name, members=missing) + store.own_file_hint(need.name, missing))
+        return _Problem("; ".join(texts), not bad_overrides) if texts else None
     override = store.override_for(need.name)
     if override is not None:
-        return None if override.is_file() else _bad_override(FILE_OVERRIDES[need.name], override)
+        return None if override.is_file() else _Problem(_bad_override(FILE_OVERRIDES[need.name], override), False)
     if store.catalog_path(need.name).is_file():
         return None
     return _Problem(store.how_to_place(need.name) + store.own_file_hint(need.name), True)
