@@ -44,25 +44,36 @@ class FakeEngine:
     """Probes its inputs with the real lipsync.media (so bad media fails as in production), reports
     progress over a few steps, and 'renders' by copying the input video. Shaped by env (test-only):
     LIPSYNC_TEST_FAKE_SECONDS (work time per job), LIPSYNC_TEST_FAKE_LOAD_SECONDS (model load time),
-    LIPSYNC_TEST_FAKE_LOAD_FAIL (1: loading fails)."""
+    LIPSYNC_TEST_FAKE_LOAD_FAIL (1: the Wav2Lip model is missing), LIPSYNC_TEST_FAKE_MISSING (comma-separated
+    engine models whose files are missing, e.g. "gfpgan"). A missing model raises the store's real offline
+    error for it (which names the server's models folder)."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
         self.seconds = float(os.environ.get("LIPSYNC_TEST_FAKE_SECONDS", "0.05"))
         self.load_seconds = float(os.environ.get("LIPSYNC_TEST_FAKE_LOAD_SECONDS", "0"))
-        self.load_fail = os.environ.get("LIPSYNC_TEST_FAKE_LOAD_FAIL") == "1"
-        self.loaded = False
+        missing = os.environ.get("LIPSYNC_TEST_FAKE_MISSING", "")
+        self.missing = {m for m in missing.split(",") if m}
+        if os.environ.get("LIPSYNC_TEST_FAKE_LOAD_FAIL") == "1":
+            self.missing.add("wav2lip")
+        self.loaded: dict[str, bool] = {"insightface": False, "wav2lip": False, "gfpgan": False}
 
-    def load(self) -> None:
-        time.sleep(self.load_seconds)
-        if self.load_fail:
+    def load_model(self, name: str) -> None:
+        if name == "insightface":  # the first model the preload loads
+            time.sleep(self.load_seconds)
+        if name in self.missing:
+            from lipsync.models import ModelStore
+
+            catalog = {"insightface": "buffalo_l", "wav2lip": "wav2lip_gan", "gfpgan": "gfpgan_v1.4"}[name]
+            store = ModelStore(self.settings.model_copy(update={"offline": True}))
+            path = store.ensure(catalog)  # raises ModelNotAvailable naming the file and its absolute path
             from lipsync.errors import ModelNotAvailable
 
-            raise ModelNotAvailable("wav2lip_gan.pth is missing and LIPSYNC_OFFLINE is set (fake)")
-        self.loaded = True
+            raise ModelNotAvailable(f"{path} is present but the fake pretends it is not (LIPSYNC_TEST_FAKE_*)")
+        self.loaded[name] = True
 
     def models_loaded(self) -> dict[str, bool]:
-        return {"insightface": self.loaded, "wav2lip": self.loaded, "gfpgan": self.loaded}
+        return dict(self.loaded)
 
     def device_info(self) -> dict[str, Any]:
         return {"gpu_available": False, "gpu_name": None, "gpu_memory_gb": None, "gpu_count": 0}

@@ -432,9 +432,9 @@ def test_503_while_loading_and_after_failed_load(tmp_path: Path, assets: AssetSe
         while c.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.05)
         health = c.get("/health").json()
-        assert health["status"] == "unhealthy" and "missing" in health["models_error"]
+        assert health["status"] == "unhealthy" and "wav2lip: missing" in health["models_error"]
         err = _assert_error(c.post("/jobs", json=_body(assets)), 503, "model_not_available")
-        assert "wav2lip_gan.pth" in err["message"]
+        assert "wav2lip" in err["message"] and "lipsync models download wav2lip_gan" in err["message"]
 
 
 def test_second_server_on_same_work_dir_refuses_to_start(open_server: ApiServer) -> None:

@@ -11,10 +11,10 @@ import pytest
 
 from http_fixture import closed_port_url, download_in_subprocess, payload, serving
 from lipsync.errors import ChecksumMismatch, ModelDownloadError, ModelNotAvailable
+from lipsync.models.archive import extract_zip
 from lipsync.models.download import (
     DownloadOptions,
     download,
-    extract_zip,
     read_verified_record,
     sha256_file,
 )

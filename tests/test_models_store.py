@@ -253,7 +253,7 @@ def test_cli_list_and_verify(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "wav2lip.pth").write_bytes(b"junk")
     result = _cli(["verify", "wav2lip"], env)
-    assert result.exit_code == 1 and "corrupt" in result.output
+    assert result.exit_code == 2 and "corrupt" in result.output
     result = _cli(["list", "--json"], env)
     assert '"state": "present"' in result.output
 
@@ -263,8 +263,8 @@ def test_cli_download_arguments_and_offline(tmp_path):
     assert _cli(["download"], env).exit_code == 2
     assert _cli(["download", "nope"], env).exit_code == 2
     result = _cli(["download", "wav2lip_gan"], env)
-    assert result.exit_code == 1
-    assert "model_not_available" in result.output and "LIPSYNC_OFFLINE" in result.output
+    assert result.exit_code == 2
+    assert "error (model_not_available) [wav2lip_gan]: " in result.output and "LIPSYNC_OFFLINE" in result.output
 
 
 def test_cli_download_from_local_server(http_server, tmp_path, monkeypatch):

@@ -108,8 +108,7 @@ class _RecordingPipeline:
     def enhance_enabled(self, options: LipSyncOptions) -> bool:
         return False
 
-    def required_models(self, enhance: bool) -> list[str]:
-        return []
+    store = None
 
     def __call__(self, request: Any, progress: Any = None) -> Any:
         raise _Captured(request.options)
@@ -134,9 +133,11 @@ def media(tmp_path_factory):
 
 @pytest.fixture
 def cli_lipsync(monkeypatch, capsys, tmp_path, media):
+    import lipsync.models.preflight
     import lipsync.pipeline
 
     monkeypatch.setattr(lipsync.pipeline, "LipSyncPipeline", _RecordingPipeline)
+    monkeypatch.setattr(lipsync.models.preflight, "ensure_models", lambda *a, **k: None)
 
     def run(extra: list[str]) -> tuple[Any | None, int, str]:
         base = ["run", "--video", str(media.video), "--audio", str(media.audio), "--out", str(tmp_path / "o.mp4"),
@@ -155,7 +156,10 @@ def cli_track(monkeypatch, capsys, tmp_path, media):
         raise _Captured(job)
 
     monkeypatch.setattr(TrackingOptions, "from_job", classmethod(record))
+    import lipsync.models.preflight
+
     monkeypatch.setattr(lipsync.faces, "create_face_backend", lambda settings, store=None: object())
+    monkeypatch.setattr(lipsync.models.preflight, "ensure_models", lambda *a, **k: None)
 
     def run(extra: list[str]) -> tuple[Any | None, int, str]:
         base = ["track", "--video", str(media.video), "--json", str(tmp_path / "t.json"), "--no-progress"]
@@ -278,7 +282,7 @@ def test_auto_enhance_resolves_by_device(monkeypatch, caplog):
     assert resolve_enhance("on", "cpu") is True and resolve_enhance("off", "cuda") is False
     pipe = LipSyncPipeline(Settings(device="auto"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level("INFO", logger="lipsync.options"):
+    with caplog.at_level("INFO", logger="lipsync.pipeline"):
         assert pipe.enhance_enabled(LipSyncOptions()) is False
     assert "enhance=auto" in caplog.text and "off on cpu" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA host, mocked

@@ -259,12 +259,7 @@ def resolve_enhance(choice: EnhanceChoice, device_type: str) -> bool:
     """``auto`` is on under CUDA and off on a CPU (GFPGAN costs seconds a face there)."""
     if choice != "auto":
         return choice == "on"
-    on = device_type == "cuda"
-    log.info(
-        "enhance=auto: GFPGAN enhancement %s on %s%s", "on" if on else "off", device_type,
-        "" if on else " (it costs seconds a face on a CPU; enhance=on forces it)",
-    )  # fmt: skip
-    return on
+    return device_type == "cuda"
 
 
 # --- documentation --------------------------------------------------------------------------------------

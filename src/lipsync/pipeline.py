@@ -165,16 +165,6 @@ class LipSyncPipeline:
     def face_backend_loaded(self) -> bool:
         return self._face_backend is not None
 
-    def required_models(self, enhance: bool) -> list[str]:
-        """Catalog names this pipeline would load (for download-before-run in the CLI)."""
-        names = [] if self._generator is not None else [self.settings.wav2lip_model]
-        if enhance and self._enhancer is None:
-            names.append("gfpgan_v1.4")
-        face_files_missing = self.settings.det_model is None or self.settings.rec_model is None
-        if self._face_backend is None and self.settings.face_backend == "insightface" and face_files_missing:
-            names.append("buffalo_l")
-        return names
-
     def share_face_backend(self, backend: FaceBackend) -> None:
         """Use another pipeline's face backend instead of loading a second copy."""
         with self._lock:
@@ -223,7 +213,14 @@ class LipSyncPipeline:
 
     def enhance_enabled(self, options: LipSyncOptions) -> bool:
         """The request's ``enhance`` setting on this pipeline's device (``auto``: on under CUDA only)."""
-        return resolve_enhance(options.enhance, resolve_device(self.device).type)
+        device = resolve_device(self.device).type
+        on = resolve_enhance(options.enhance, device)
+        if options.enhance == "auto":
+            log.info(
+                "enhance=auto: GFPGAN enhancement %s on %s%s", "on" if on else "off", device,
+                "" if on else " (it costs seconds a face on a CPU; enhance=on forces it)",
+            )  # fmt: skip
+        return on
 
     def track(
         self,

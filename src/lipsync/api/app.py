@@ -33,11 +33,13 @@ from lipsync.api.watch import TransferWatch
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
 from lipsync.errors import FetchTimeout
-from lipsync.jobs.engine import Engine, ModelGate, PipelineFactory, default_pipeline_factory
+from lipsync.jobs.engine import Engine, PipelineFactory, default_pipeline_factory, device_type_for
+from lipsync.jobs.gate import ModelGate, models_needed
 from lipsync.jobs.retention import RetentionSweeper
 from lipsync.jobs.runner import JobRunner
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
+from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,15 @@ class AppState:
     uploader: Uploader
     device_info: dict[str, Any]
     event_streams: StreamCounter = dc_field(default_factory=StreamCounter)
+
+    def models_for(self, kind: str, options: TrackOptions | None = None) -> tuple[str, ...]:
+        """The engine models a new job needs; enhancement counts once its options are known."""
+        if kind == "face_tracking":
+            return models_needed(kind)
+        enhance = isinstance(options, LipSyncOptions) and resolve_enhance(
+            options.enhance, device_type_for(self.settings, self.device_info)
+        )
+        return models_needed(kind, enhance)
 
     def check_urls(self, params: dict[str, Any]) -> None:
         """Early SSRF check at submission, so an unsafe URL is a 422 now rather than a failed job later

@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from lipsync import __version__
-from lipsync.api.errors import ResultNotReady, ResultNotStored, failure_response
+from lipsync.api.errors import ResultNotReady, ResultNotStored, Unauthorized, failure_response
 from lipsync.api.events import events_response, job_events
 from lipsync.api.schemas import (
     ErrorOut,
@@ -115,6 +115,15 @@ class Waiters:
         return await fut
 
 
+async def _holds_key(auth, request: Request) -> bool:
+    """Whether the request carries the right API key (for /health, which answers everyone)."""
+    try:
+        await auth(request)
+    except Unauthorized:
+        return False
+    return True
+
+
 _ERRORS = {
     400: {"model": ErrorOut, "description": "Bad media, download failure or a body that is not JSON"},
     401: {"model": ErrorOut, "description": "Missing or wrong API key"},
@@ -135,10 +144,12 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
         loaded = state.engine.models_loaded()
         dev = state.device_info
         gate = state.gate
-        status = {"ready": "healthy", "idle": "healthy", "loading": "loading", "failed": "unhealthy"}[gate.state]
-        if gate.state == "loading" and not gate.preload:
+        overall = gate.state
+        status = {"ready": "healthy", "idle": "healthy", "loading": "loading", "degraded": "degraded",
+                  "failed": "unhealthy"}[overall]
+        if overall == "loading" and not gate.preload:
             status = "healthy"  # lazy mode: a first job loading the models does not make the server unready
-        return {
+        body = {
             "status": status,
             "insightface_loaded": loaded.get("insightface", False),
             "wav2lip_loaded": loaded.get("wav2lip", False),
@@ -148,9 +159,15 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
             "gpu_memory_gb": dev.get("gpu_memory_gb"),
             "queue_depth": await run_in_threadpool(lambda: state.runner.queue_depth),
             "running_jobs": state.runner.running_jobs,
-            "models": gate.state,
-            "models_error": gate.error.message if gate.error else None,
+            "models": overall,
+            "model_states": dict(gate.states),
+            # /health needs no key: names, states and codes only; the messages (with server paths) are
+            # for callers that hold the API key.
+            "models_error": gate.summary(),
         }
+        keyed = bool(state.settings.api_key) and await _holds_key(auth, request)
+        body["models_detail"] = (gate.details() or None) if keyed else None
+        return body
 
     @public.get("/options", summary="Every job setting, from the options model")
     async def options() -> dict[str, Any]:
@@ -164,7 +181,7 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
 
     async def _submit(request: Request, kind: str, body: LipSyncIn | FaceTrackingIn) -> JobRecord:
         state = request.app.state.lipsync
-        state.gate.check_accepting()
+        state.gate.check_accepting(state.models_for(kind, body.job_options()))
         params = body.job_params()
         await run_in_threadpool(state.check_urls, params)
         return await run_in_threadpool(
@@ -216,7 +233,7 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
         # The body is parsed by hand (streamed to the job's scratch folder), so FastAPI reads none of it;
         # the auth dependency has run by now, before any byte of the upload is read.
         state = request.app.state.lipsync
-        state.gate.check_accepting()
+        state.gate.check_accepting(state.models_for("lipsync"))  # enhancement: once options are read
         record, async_ = await receive_and_submit(request, state)
         if async_:
             return _accepted(record)
@@ -254,7 +271,7 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
     )
     async def face_tracking_upload(request: Request) -> JSONResponse:
         state = request.app.state.lipsync
-        state.gate.check_accepting()
+        state.gate.check_accepting(state.models_for("face_tracking"))
         record, async_ = await receive_and_submit(request, state, "face_tracking")
         if async_:
             return _accepted(record)

@@ -258,12 +258,18 @@ class ErrorOut(BaseModel):
 
 class HealthOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "status": "healthy", "insightface_loaded": True, "wav2lip_loaded": True, "gfpgan_loaded": True,
+        "status": "degraded", "insightface_loaded": True, "wav2lip_loaded": True, "gfpgan_loaded": False,
         "gpu_available": True, "gpu_name": "NVIDIA RTX 4090", "gpu_memory_gb": 24.0, "queue_depth": 0,
-        "running_jobs": 1, "models": "ready", "models_error": None,
+        "running_jobs": 1, "models": "degraded",
+        "model_states": {"insightface": "ready", "wav2lip": "ready", "gfpgan": "missing"},
+        "models_error": "gfpgan: missing, model_not_available (lip-sync without enhancement and face tracking "
+                        "still run)",
+        "models_detail": None,
     }]})
 
-    status: Literal["healthy", "loading", "unhealthy"]
+    status: Literal["healthy", "loading", "degraded", "unhealthy"] = Field(
+        ..., description="healthy; loading (a model is preloading); degraded (the optional GFPGAN enhancer is "
+        "unavailable: jobs without enhancement run); unhealthy (face or Wav2Lip models unavailable).")
     insightface_loaded: bool
     wav2lip_loaded: bool
     gfpgan_loaded: bool
@@ -272,8 +278,18 @@ class HealthOut(BaseModel):
     gpu_memory_gb: float | None
     queue_depth: int
     running_jobs: int
-    models: str = Field(..., description="Model loader state: idle (load on first use), loading, ready, failed.")
-    models_error: str | None = None
+    models: Literal["idle", "loading", "ready", "degraded", "failed"] = Field(
+        ..., description="Model loader state: idle (load on first use), loading, ready, degraded (only the "
+        "enhancer unavailable), failed (a core model unavailable).")
+    model_states: dict[Literal["insightface", "wav2lip", "gfpgan"],
+                       Literal["idle", "loading", "ready", "missing", "failed"]] = Field(
+        ..., description="Per model: idle (not loaded yet, lazy), loading, ready, missing (file absent and not "
+        "obtainable), failed (present but unusable).")
+    models_error: str | None = Field(
+        None, description="The unavailable models with state and error code; never a server path.")
+    models_detail: dict[str, dict[str, str]] | None = Field(
+        None, description="Only for a request with the API key: each unavailable model's error code and full "
+        "message (which may name server paths).")
 
 
 class InfoOut(BaseModel):

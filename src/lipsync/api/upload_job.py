@@ -101,6 +101,7 @@ async def receive_and_submit(request: Request, state: Any, kind: str = "lipsync"
             raise RequestInvalid("the client disconnected during the upload") from None
         received = receiver.finish(required)
         options = _validate(model, received.options)
+        state.gate.check_accepting(state.models_for(kind, options.job_options()))
         params = _params(received, options)
         await run_in_threadpool(state.check_urls, params)
         record = await run_in_threadpool(

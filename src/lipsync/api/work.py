@@ -17,10 +17,11 @@ from lipsync.api.netguard import redact
 from lipsync.api.upload import Uploader
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, UploadLost
-from lipsync.jobs.engine import Engine, ModelGate
+from lipsync.jobs.engine import Engine, device_type_for
+from lipsync.jobs.gate import ModelGate, models_needed
 from lipsync.jobs.models import JobRecord
 from lipsync.jobs.runner import JobContext
-from lipsync.options import LipSyncOptions, TrackOptions, options_from_record
+from lipsync.options import LipSyncOptions, TrackOptions, options_from_record, resolve_enhance
 from lipsync.request import LipSyncRequest, TrackingRequest
 from lipsync.types import Character
 
@@ -87,13 +88,21 @@ class JobWork:
         self.uploader = uploader
         self.results_dir = Path(results_dir)
 
+    def models_for(self, job: JobRecord) -> tuple[str, ...]:
+        """The engine models a stored job needs (a missing enhancer must not stop a job without it)."""
+        if job.kind == "face_tracking":
+            return models_needed("face_tracking")
+        options = options_from_record(job.params, LipSyncOptions)
+        device = device_type_for(self.settings, self.engine.device_info())
+        return models_needed("lipsync", resolve_enhance(options.enhance, device))
+
     def result_path(self, job_id: str) -> Path:
         return self.results_dir / f"{job_id}.mp4"
 
     def __call__(self, job: JobRecord, ctx: JobContext) -> dict[str, Any]:
         try:
-            if self.gate.preload:
-                self.gate.ensure_loaded()  # no-op once loaded; waits for a preload still running
+            # Only the models this job uses: a missing enhancer does not stop a job without enhancement.
+            self.gate.require(self.models_for(job))
             if job.kind == "face_tracking":
                 return self._face_tracking(job, ctx)
             return self._lipsync(job, ctx)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from lipsync import __version__
+from lipsync.cli._common import ERROR_EXIT, echo_error
 from lipsync.errors import LipSyncError
 
 # name -> module:attribute; imported lazily so `lipsync --version` stays fast and one broken
@@ -48,7 +49,11 @@ def cli(log_level: str | None) -> None:
 def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, never a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        # A command that already printed its errors (one line each) ends with ctx.exit(ERROR_EXIT), which
+        # click hands back as the return value when not in standalone mode.
+        status = cli.main(standalone_mode=False)
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -58,12 +63,11 @@ def main() -> None:
         click.echo(f"error (usage): {exc.format_message()} (see '{command} --help')", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        click.echo(f"error (failed): {exc.format_message()}", err=True)
+        sys.exit(ERROR_EXIT)
     except LipSyncError as exc:
-        where = f" [{exc.field}]" if exc.field else ""
-        click.echo(f"error ({exc.code}){where}: {exc.message}", err=True)
-        sys.exit(2)
+        echo_error(exc)
+        sys.exit(ERROR_EXIT)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import click
 
+from lipsync.errors import LipSyncError
 from lipsync.types import CHARACTER_ID_RULE, Character, is_character_id
+
+#: Exit status of every command that failed on a user-fixable problem (README, "Command line").
+ERROR_EXIT = 2
 
 
 def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Character, ...]:
@@ -44,6 +48,16 @@ def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Characte
             images[cid] = []
         images[cid].append(path)
     return tuple(Character(cid, names[cid], tuple(images[cid])) for cid in order)
+
+
+def error_line(exc: LipSyncError, field: str | None = None) -> str:
+    """The one-line form of an error every command prints: ``error (code) [field]: message``."""
+    where = field or exc.field
+    return f"error ({exc.code})" + (f" [{where}]" if where else "") + f": {exc.message}"
+
+
+def echo_error(exc: LipSyncError, field: str | None = None) -> None:
+    click.echo(error_line(exc, field), err=True)
 
 
 class ProgressBar:

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from lipsync.cli._common import ProgressBar
+from lipsync.cli._common import ERROR_EXIT, ProgressBar, echo_error
 from lipsync.config import Settings
-from lipsync.errors import ModelError
+from lipsync.errors import ChecksumMismatch, ModelError
 from lipsync.models.store import ModelStatus, ModelStore
 
 _STATE_COLOURS = {"verified": "green", "present": "yellow", "missing": "red", "corrupt": "red"}
@@ -74,29 +74,32 @@ def download_models(names: tuple[str, ...], all_: bool) -> None:
     if not all_ and not names:
         raise click.UsageError(f"name the models to download ({', '.join(store.catalog)}) or pass --all")
     _check_names(store, names)
-    failed: list[str] = []
+    failed = False
     for name in names or tuple(store.catalog):
         try:
             with ProgressBar(unit="B") as bar:
                 progress = bar.for_label(name)
                 path = store.ensure(name, progress=progress)
         except ModelError as exc:
-            failed.append(name)
-            click.echo(f"{name}: error ({exc.code}): {exc.message}", err=True)
+            # One line per model in the common error style; the others are still tried.
+            failed = True
+            echo_error(exc, field=name)
             continue
         click.echo(f"{name}: {path}")
     if failed:
-        raise click.ClickException(f"failed: {', '.join(failed)}")
+        click.get_current_context().exit(ERROR_EXIT)
 
 
 @models.command("verify")
 @click.argument("names", nargs=-1)
 def verify_models(names: tuple[str, ...]) -> None:
-    """Hash present model files against the catalog. Exits 1 when a file is corrupt."""
+    """Hash present model files against the catalog. Exits 2 when a file is corrupt."""
     store = _store()
     _check_names(store, names)
     rows = store.verify(names or None)
     _print_table(rows)
-    corrupt = [r.name for r in rows if r.state == "corrupt"]
+    corrupt = [r for r in rows if r.state == "corrupt"]
+    for row in corrupt:
+        echo_error(ChecksumMismatch(f"{row.path.name} is corrupt: {row.detail}"), field=row.name)
     if corrupt:
-        raise click.ClickException(f"checksum mismatch: {', '.join(corrupt)}")
+        click.get_current_context().exit(ERROR_EXIT)

@@ -57,6 +57,7 @@ def run(
     # Settings first: a bad value fails in a second, before any model is downloaded or loaded.
     options = options_from_cli(LipSyncOptions, settings_given)
     request = LipSyncRequest(video, audio, output, parse_character_specs(characters), options)
+    from lipsync.models.preflight import ensure_models, needs_for_run
     from lipsync.pipeline import LipSyncPipeline, check_request
 
     check_request(request)
@@ -66,9 +67,10 @@ def run(
         overrides["batch_size"] = options.wav2lip_batch_size
     settings = Settings(**overrides)
     pipeline = LipSyncPipeline(settings)
+    # Every model the run needs, checked (and fetched) before any work: one error lists all that are missing.
     with ProgressBar(progress, unit="B") as downloads:
-        for name in pipeline.required_models(pipeline.enhance_enabled(options)):
-            pipeline.store.ensure(name, progress=downloads.for_label(f"downloading {name}"))
+        ensure_models(pipeline.store, needs_for_run(settings, enhance=pipeline.enhance_enabled(options)),
+                      progress=lambda name: downloads.for_label(f"downloading {name}"))  # fmt: skip
 
     with ProgressBar(progress, labels=_STAGE_LABELS) as bars:
         result = pipeline(request, progress=bars.update)

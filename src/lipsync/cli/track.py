@@ -63,6 +63,8 @@ def track(
         tracks_to_json,
     )
     from lipsync.media import MediaLimits, iter_frames, probe
+    from lipsync.models import ModelStore
+    from lipsync.models.preflight import ensure_models, needs_for_tracking
 
     overrides: dict = {}
     if backend is not None:
@@ -73,7 +75,9 @@ def track(
     info = probe(video, MediaLimits.from_settings(settings))
     if not info.has_video:
         raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
-    faces = create_face_backend(settings)
+    store = ModelStore(settings)
+    ensure_models(store, needs_for_tracking(settings))  # all missing face models in one error
+    faces = create_face_backend(settings, store)
     with ProgressBar(progress) as bar:
         tracks = track_characters(
             iter_frames(video, info=info), faces, chars, TrackingOptions.from_job(options),

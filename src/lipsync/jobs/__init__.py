@@ -1,6 +1,7 @@
 """Jobs: records, the SQLite store, the worker pool, webhooks and the engine seam."""
 
-from lipsync.jobs.engine import Engine, EngineOutput, ModelGate, PipelineEngine
+from lipsync.jobs.engine import Engine, EngineOutput, PipelineEngine
+from lipsync.jobs.gate import ModelGate, models_needed
 from lipsync.jobs.models import FINAL_STATUSES, JOB_STATUSES, JobFailure, JobRecord
 from lipsync.jobs.runner import JobContext, JobRunner
 from lipsync.jobs.store import JobStore
@@ -20,6 +21,7 @@ __all__ = [
     "ModelGate",
     "PipelineEngine",
     "WebhookSender",
+    "models_needed",
     "sign",
     "verify",
 ]

@@ -4,8 +4,8 @@
 lipsync.faces. The API takes a ``pipeline_factory(settings) -> Engine`` so tests (and the benchmark)
 can run the whole server on a fast fake while the real one runs the networks.
 
-``ModelGate`` tracks whether the models are loaded: with PRELOAD_MODELS they load in the background at
-startup and requests get 503 until then; without, they load on first use inside a job.
+``lipsync.jobs.gate.ModelGate`` tracks each of the engine's models (``load_model``) on its own, so a
+missing optional model only stops the jobs that need it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lipsync.config import Settings
-from lipsync.errors import LipSyncError, NotReady
+from lipsync.errors import UnknownModel
 from lipsync.request import LipSyncRequest, TrackingRequest
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ class EngineOutput:
 
 
 class Engine(Protocol):
-    def load(self) -> None:
-        """Load every model; idempotent; raises a ModelError subclass when one is unavailable."""
+    def load_model(self, name: str) -> None:
+        """Load one of lipsync.jobs.gate.ENGINE_MODELS ("insightface", "wav2lip", "gfpgan"); idempotent;
+        raises a ModelError subclass when it is unavailable."""
 
     def models_loaded(self) -> dict[str, bool]:
         """{'insightface': bool, 'wav2lip': bool, 'gfpgan': bool}."""
@@ -70,55 +71,11 @@ def torch_device_info() -> dict[str, Any]:
     }
 
 
-class ModelGate:
-    """Loading state of the engine's models: 'idle' (lazy, not loaded yet), 'loading', 'ready', 'failed'."""
-
-    def __init__(self, engine: Engine, *, preload: bool) -> None:
-        self.engine = engine
-        self.preload = preload
-        self.state = "idle"
-        self.error: LipSyncError | None = None
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self.preload:
-            self.state = "loading"
-            self._thread = threading.Thread(target=self._load_logged, name="model-preload", daemon=True)
-            self._thread.start()
-
-    def _load_logged(self) -> None:
-        try:
-            self.ensure_loaded()
-        except Exception:  # the state says what failed; a background thread has nowhere else to raise
-            log.exception("model preload failed")
-
-    def ensure_loaded(self) -> None:
-        """Load now (first-use path, serialised). Raises the load error."""
-        with self._lock:
-            if self.state == "ready":
-                return
-            self.state = "loading"
-            try:
-                self.engine.load()
-            except LipSyncError as exc:
-                self.state, self.error = "failed", exc
-                raise
-            except Exception as exc:
-                self.state = "failed"
-                self.error = NotReady(f"models failed to load: {type(exc).__name__}: {exc}")
-                raise self.error from exc
-            self.state, self.error = "ready", None
-
-    def check_accepting(self) -> None:
-        """Raise 503 while preloading or after a failed load; lazy mode accepts before loading."""
-        if self.state == "loading" and self.preload:
-            raise NotReady("the models are still loading; retry in a moment")
-        if self.state == "failed":
-            err = self.error or NotReady("the models failed to load")
-            exc = NotReady(f"the models are not available: {err.message}")
-            exc.code = getattr(err, "code", "not_ready")
-            raise exc
+def device_type_for(settings: Settings, device_info: dict[str, Any]) -> str:
+    """"cuda" or "cpu": where this server's jobs run, for settings that depend on it (enhance=auto)."""
+    if settings.device == "cpu" or not device_info.get("gpu_available"):
+        return "cpu"
+    return "cuda"
 
 
 def engine_devices(settings: Settings) -> list[str]:
@@ -166,13 +123,20 @@ class PipelineEngine:
             with self._busy_lock:
                 self._active[index] -= 1
 
-    def load(self) -> None:
-        first = self.pipelines[0]
-        first.load_models(enhance=True)
-        for other in self.pipelines[1:]:
+    def load_model(self, name: str) -> None:
+        if name == "insightface":
             # Face analysis runs on onnxruntime, not torch: one backend serves every device's pipeline.
-            other.share_face_backend(first.get_face_backend())
-            other.load_models(enhance=True)
+            backend = self.pipelines[0].get_face_backend()
+            for other in self.pipelines[1:]:
+                other.share_face_backend(backend)
+        elif name == "wav2lip":
+            for pipeline in self.pipelines:
+                pipeline.get_generator()
+        elif name == "gfpgan":
+            for pipeline in self.pipelines:
+                pipeline.get_enhancer()
+        else:
+            raise UnknownModel(f"unknown engine model {name!r}; expected insightface, wav2lip or gfpgan")
 
     def models_loaded(self) -> dict[str, bool]:
         return {

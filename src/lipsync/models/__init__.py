@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "DownloadOptions": "download",
     "ProgressCallback": "download",
     "download": "download",
-    "extract_zip": "download",
+    "extract_zip": "archive",
     "sha256_file": "download",
     # store
     "ModelStore": "store",
@@ -74,9 +74,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from lipsync.models.archive import extract_zip
     from lipsync.models.catalog import CATALOG, TORCH_MODELS, ArchiveMember, ModelSpec, get_spec
     from lipsync.models.device import inference, module_dtype, prepare_module, resolve_device, use_fp16
-    from lipsync.models.download import DownloadOptions, ProgressCallback, download, extract_zip, sha256_file
+    from lipsync.models.download import DownloadOptions, ProgressCallback, download, sha256_file
     from lipsync.models.loading import (
         check_layout,
         extract_state_dict,

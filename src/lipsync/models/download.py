@@ -8,17 +8,16 @@ process wait for the first and then find the file instead of downloading it agai
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
+import socket
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import httpx
 from filelock import FileLock, Timeout
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int | None], None]
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_HASH_CHUNK = 4 << 20
+HASH_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +57,37 @@ class _Permanent(Exception):
 
 
 class _Unreachable(_Transient):
-    """Could not connect at all (DNS, refused, no route)."""
+    """Could not connect at all (refused, timed out): retried, the server may be restarting."""
+
+
+class _NoSuchHost(_Unreachable):
+    """The host name does not resolve, or there is no route to the network: retrying the same URL cannot
+    help, so it fails at once (the next mirror is still tried)."""
+
+
+# OS errors of a connection attempt that no retry can cure.
+_HOPELESS_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
+
+
+def _hopeless(exc: BaseException) -> bool:
+    """Whether a connect error comes from name resolution (socket.gaierror: unknown host, no DNS server)
+    or from having no route to the network. httpx wraps the OS error: walk its causes."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return True
+        if isinstance(current, OSError) and current.errno in _HOPELESS_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
+        while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -228,6 +251,8 @@ def _fetch_with_retries(
         try:
             _fetch_once(client, url, part, size, progress, options)
             return
+        except _NoSuchHost:
+            raise
         except _Transient as exc:
             now = _size_of(part)
             if now > best:  # progress made: a flaky connection, not a dead one; start counting again
@@ -295,6 +320,8 @@ def _fetch_once(
             if total is not None and done < total:
                 raise _Transient(f"connection closed after {done} of {total} bytes")
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        if _hopeless(exc):
+            raise _NoSuchHost(f"cannot reach the host ({exc}); not retried") from None
         raise _Unreachable(f"cannot connect ({exc})") from None
     except httpx.TimeoutException as exc:
         raise _Transient(
@@ -329,76 +356,3 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None]:
 def _content_range_total(value: str | None) -> int | None:
     match = re.fullmatch(r"bytes\s+\*/(\d+)", (value or "").strip())
     return int(match.group(1)) if match else None
-
-
-# --- archives -------------------------------------------------------------------------------------
-
-
-def extract_zip(
-    archive: str | Path,
-    dest_dir: str | Path,
-    members: Sequence[str] | None = None,
-    *,
-    sha256: dict[str, str | None] | None = None,
-    max_total_bytes: int = 8 << 30,
-) -> dict[str, Path]:
-    """Extract ``members`` (matched by file name anywhere in the archive; all files when None) flat into
-    ``dest_dir``, safely: entries with absolute paths or ``..`` are refused, sizes are bounded, and the
-    folder appears atomically (extracted into a temporary sibling, then renamed). ``sha256`` maps member
-    names to expected checksums, verified before the folder appears. Returns name -> path."""
-    archive, dest_dir = Path(archive), Path(dest_dir)
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as exc:
-        raise ModelDownloadError(
-            f"{archive} is not a valid zip archive ({exc}); delete it and retry"
-        ) from None
-    with zf:
-        chosen: dict[str, zipfile.ZipInfo] = {}
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            _check_member_name(info.filename, archive)
-            name = PurePosixPath(info.filename.replace("\\", "/")).name
-            if members is None or name in members:
-                if name in chosen:
-                    raise ModelDownloadError(f"{archive} holds more than one {name!r}")
-                chosen[name] = info
-        wanted = list(members) if members is not None else list(chosen)
-        absent = [m for m in wanted if m not in chosen]
-        if absent:
-            raise ModelDownloadError(f"{archive} lacks {', '.join(absent)}; it is not the expected release")
-        if sum(info.file_size for info in chosen.values()) > max_total_bytes:
-            raise ModelDownloadError(f"{archive} would extract to more than {max_total_bytes} bytes; refused")
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", dir=dest_dir.parent))
-        try:
-            for name, info in chosen.items():
-                target = staging / name
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _HASH_CHUNK)
-                expected = (sha256 or {}).get(name)
-                if expected:
-                    actual = sha256_file(target)
-                    if actual != expected.lower():
-                        raise ChecksumMismatch(
-                            f"checksum mismatch for {name} inside {archive.name}: expected sha256 "
-                            f"{expected.lower()}, got {actual}",
-                            expected=expected.lower(),
-                            actual=actual,
-                        )
-                    write_verified_record(target, expected)
-            if dest_dir.exists():
-                shutil.rmtree(dest_dir)
-            os.replace(staging, dest_dir)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    return {name: dest_dir / name for name in chosen}
-
-
-def _check_member_name(filename: str, archive: Path) -> None:
-    normalised = filename.replace("\\", "/")
-    parts = PurePosixPath(normalised).parts
-    if normalised.startswith("/") or ".." in parts or (parts and re.match(r"^[A-Za-z]:", parts[0])):
-        raise ModelDownloadError(f"{archive} contains an unsafe path {filename!r}; refused to extract it")

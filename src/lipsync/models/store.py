@@ -18,12 +18,12 @@ from filelock import FileLock
 
 from lipsync.config import Settings
 from lipsync.errors import ModelNotAvailable, UnknownModel
+from lipsync.models.archive import extract_zip
 from lipsync.models.catalog import CATALOG, ModelSpec
 from lipsync.models.download import (
     DownloadOptions,
     ProgressCallback,
     download,
-    extract_zip,
     read_verified_record,
     sha256_file,
     write_verified_record,
@@ -163,11 +163,19 @@ class ModelStore:
         )
 
     def ensure_member(self, name: str, member: str, progress: ProgressCallback | None = None) -> Path:
-        """One file of a pack; downloads the pack only when that file is not overridden and missing."""
+        """One file of a pack. A member already in place is used even when the pack's other members are
+        absent (the user may have replaced those with LIPSYNC_DET_MODEL / LIPSYNC_REC_MODEL); otherwise
+        the pack is downloaded (unless offline, and then the error names only the missing member)."""
         override = self.override_for(name, member)
         if override is not None:
             self._check_override(override, MEMBER_OVERRIDES[(name, member)], f"{name}/{member}")
             return override
+        spec = self.spec(name)
+        spec.member(member)
+        path = self.catalog_path(name) / member
+        if path.is_file():
+            return path
+        self._refuse_if_offline(spec, path.parent, members=(member,))
         return self.ensure(name, progress) / member
 
     def face_model_paths(self, progress: ProgressCallback | None = None) -> tuple[Path, Path]:
@@ -213,18 +221,40 @@ class ModelStore:
                 field=field,
             )
 
-    def _refuse_if_offline(self, spec: ModelSpec, path: Path) -> None:
+    def _refuse_if_offline(self, spec: ModelSpec, path: Path, members: tuple[str, ...] | None = None) -> None:
         if not self.settings.offline:
             return
-        if spec.is_archive:
-            how = (
-                f"download {spec.url} by hand and extract {', '.join(m.name for m in spec.members)} "
-                f"into {path}/"
-            )
-        else:
-            how = f"download {spec.url} by hand and put it at {path}"
+        wanted = members or tuple(m.name for m in spec.members)
         raise ModelNotAvailable(
-            f"model {spec.name} ({spec.filename}) is missing and downloads are off (LIPSYNC_OFFLINE=1); {how}"
+            f"model {spec.name} ({spec.filename}) is missing and downloads are off (LIPSYNC_OFFLINE=1); "
+            f"{self.how_to_place(spec.name, path, members)}{self.own_file_hint(spec.name, wanted)}"
+        )
+
+    def how_to_place(self, name: str, path: Path | None = None, members: tuple[str, ...] | None = None) -> str:
+        """What to do by hand for a missing model: download it and put it where it goes, or (for a pack)
+        extract only ``members`` (default: all of them) into its folder."""
+        spec = self.spec(name)
+        path = path or self.catalog_path(name)
+        if spec.is_archive:
+            wanted = members or tuple(m.name for m in spec.members)
+            return f"download {spec.url} by hand and extract {', '.join(wanted)} into {path}/"
+        return f"download {spec.url} by hand and put it at {path}"
+
+    @staticmethod
+    def own_file_hint(name: str, members: tuple[str, ...] = ()) -> str:
+        """", or point LIPSYNC_... at your own file" for a model (or pack members) a user file can replace."""
+        fields = [MEMBER_OVERRIDES[(name, m)] for m in members if (name, m) in MEMBER_OVERRIDES]
+        if not members and name in FILE_OVERRIDES:
+            fields = [FILE_OVERRIDES[name]]
+        if not fields:
+            return ""
+        return f", or point {' / '.join(env_var(f) for f in fields)} at your own file{'s' if len(fields) > 1 else ''}"
+
+    def missing_members(self, name: str, members: tuple[str, ...]) -> tuple[str, ...]:
+        """The members of pack ``name`` that are neither overridden nor in place (no I/O beyond stat)."""
+        folder = self.catalog_path(name)
+        return tuple(
+            m for m in members if self.override_for(name, m) is None and not (folder / m).is_file()
         )
 
     # --- reporting ----------------------------------------------------------------------------------
