@@ -19,7 +19,7 @@ import av
 import numpy as np
 
 from lipsync.errors import CorruptMedia, EmptyAudio, MediaTooLarge, NoAudioStream
-from lipsync.media._open import AUDIO_HINT, corrupt_partway, display_name, open_input
+from lipsync.media._open import AUDIO_HINT, check_complete, corrupt_partway, display_name, open_input
 from lipsync.media.info import MediaLimits, pick_audio_stream
 
 # Samples (per channel) gathered before a chunk is yielded: big enough that per-chunk numpy overhead
@@ -104,6 +104,10 @@ def _decode_chunks(p: Path, sample_rate: int, mono: bool, limits: MediaLimits) -
                 f"{limits.max_duration_s:.0f} s. Cut the audio shorter or raise LIPSYNC_MAX_DURATION_S.",
                 field="audio",
             )
+        if container.format.name == "wav":
+            check_complete(p)
+        # Headers can be missing or lie (raw streams, a damaged length field): count as we decode too.
+        max_samples = limits.max_duration_s * sample_rate
         # Keep the source layout through the resampler and average channels ourselves (see _Tail.take).
         layout = stream.codec_context.layout
         if layout is None or layout.nb_channels == 0:
@@ -135,13 +139,19 @@ def _decode_chunks(p: Path, sample_rate: int, mono: bool, limits: MediaLimits) -
                     if first_time is None and frame.time is not None:
                         first_time = float(frame.time)
                     total += tail.add(resampler.resample(frame))
+                if total > max_samples:
+                    raise MediaTooLarge(
+                        f"{display_name(p)} lasts over {limits.max_duration_s:.0f} s, the limit. Cut the audio "
+                        "shorter or raise LIPSYNC_MAX_DURATION_S.",
+                        field="audio",
+                    )
                 if tail.size >= hold + _CHUNK:
                     chunk = tail.take(tail.size - hold)
                     yielded += chunk.shape[1]
                     yield chunk
             total += tail.add(resampler.resample(None))
         except av.FFmpegError as exc:
-            raise corrupt_partway(p, "decoding audio", exc) from exc
+            raise corrupt_partway(p, "decoding audio", exc, field="audio") from exc
     finally:
         container.close()
 
@@ -219,15 +229,23 @@ class AudioSource:
         *,
         mono: bool = True,
         limits: MediaLimits | None = None,
+        offset_s: float = 0.0,
     ) -> AudioSource:
         """Stream the first audio stream of ``path`` at ``sample_rate``; ``mono`` as in ``iter_audio``
         (False keeps mono/stereo and downmixes surround to stereo).
+
+        ``offset_s`` moves the audio's start: positive skips that much of its beginning, negative puts
+        that much silence before it. Keeping a file's own sound under its video needs
+        ``video_start - audio_start`` (``MediaInfo``): players line streams up by their start times.
 
         The first chunk is decoded here, so a missing, unreadable, stream-less or empty file fails at
         open with the same typed errors as ``decode_audio``; damage found later (CorruptMedia) is raised
         by the ``read`` that reaches it.
         """
         chunks = iter_audio(path, sample_rate, mono=mono, limits=limits)
+        shift = round(offset_s * sample_rate)
+        if shift:
+            chunks = _shifted(chunks, shift)
         first = next(chunks, None)
         if first is None:  # iter_audio raises EmptyAudio instead of ending without a chunk
             raise EmptyAudio(f"{display_name(Path(path))} has no audio samples.", field="audio")
@@ -303,3 +321,23 @@ class AudioSource:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+
+
+def _shifted(chunks: Iterator[np.ndarray], shift: int) -> Iterator[np.ndarray]:
+    """The chunks without their first ``shift`` samples (shift > 0), or after -shift samples of silence."""
+    try:
+        for chunk in chunks:
+            if shift < 0:
+                yield np.zeros((chunk.shape[0], -shift), np.float32)
+                shift = 0
+            elif shift > 0:
+                drop = min(shift, chunk.shape[1])
+                shift -= drop
+                chunk = chunk[:, drop:]
+                if not chunk.shape[1]:
+                    continue
+            yield chunk
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()  # closes the file with this wrapper
+
