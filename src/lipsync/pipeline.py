@@ -38,7 +38,7 @@ import numpy as np
 
 from lipsync.audio import mel_batch, num_audio_frames, wav2lip_mel
 from lipsync.config import Settings
-from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound, NoFaceFound
+from lipsync.errors import InputError, LipSyncError, MediaError, NoFaceFound
 from lipsync.faces import FaceBackend, TrackingOptions, create_face_backend, track_characters
 from lipsync.media import (
     AudioSource,
@@ -46,6 +46,10 @@ from lipsync.media import (
     MediaInfo,
     MediaLimits,
     VideoWriter,
+    check_exists,
+    check_job_media,
+    check_output_file,
+    check_output_frames,
     decode_audio,
     iter_frames,
     probe,
@@ -70,7 +74,7 @@ from lipsync.types import (
 
 log = logging.getLogger(__name__)
 
-#: (stage, done, total). Stages: "prepare", "track", "lipsync", "encode".
+#: (stage, done, total). Stages: "prepare", "track", "lipsync", "enhance" (when on), "encode".
 ProgressCallback = Callable[[str, int, int], None]
 
 AUDIO_RATE = 16000  # Wav2Lip's mel spectrogram is defined at 16 kHz
@@ -211,15 +215,12 @@ class _FaceJob:
 
 def check_request(request: LipSyncRequest) -> None:
     """Reject a bad request before any work, naming the field."""
-    if not Path(request.video).is_file():
-        raise MediaNotFound(f"video file not found: {request.video}", field="video")
-    if not Path(request.audio).is_file():
-        raise MediaNotFound(f"audio file not found: {request.audio}", field="audio")
+    check_exists(request.video, "video")
+    check_exists(request.audio, "audio")
     out = Path(request.output)
     if out.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {out.name!r}", field="output")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder does not exist: {out.parent}", field="output")
+    check_output_file(out)  # a missing folder is created, as `track --out` does
     if request.loop_mode not in LOOP_MODES:
         raise InputError(
             f"loop_mode must be one of {', '.join(LOOP_MODES)}, got {request.loop_mode!r}", field="loop_mode"
@@ -259,10 +260,7 @@ def check_request(request: LipSyncRequest) -> None:
         if not ch.reference_images:
             raise InputError(f"character {ch.id!r} has no reference image", field="characters")
         for img in ch.reference_images:
-            if not Path(img).is_file():
-                raise MediaNotFound(
-                    f"reference image for character {ch.id!r} not found: {img}", field="characters"
-                )
+            check_exists(img, "characters")
 
 
 def _with_field(exc: LipSyncError, name: str) -> LipSyncError:
@@ -491,6 +489,7 @@ class LipSyncPipeline:
 
         # 1. Check the inputs, and load the models (first request only) so a missing one fails fast.
         check_request(request)
+        check_job_media(request.video, request.audio, MediaLimits.from_settings(self.settings))
         with timer("load_models"):
             backend = self.get_face_backend()
             generator = self.get_generator()
@@ -554,6 +553,7 @@ class LipSyncPipeline:
         # A still image (or a one-frame clip) is looped to the audio, whatever the loop mode says.
         mode: LoopMode = "repeat" if source_frames == 1 else request.loop_mode
         plan = plan_loop(source_frames, audio_frames, mode, request.crossfade_frames)
+        check_output_frames(len(plan), info.fps, MediaLimits.from_settings(self.settings))
         needed = 1 if source_frames == 1 else sources_needed(plan)
         log.info(
             "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
@@ -606,6 +606,8 @@ class LipSyncPipeline:
                     with timer("encode_wait"):  # only when the encoder is a batch behind
                         encoder.put(frames)
                     report("lipsync", stop, num_out)
+                    if enhancer is not None:
+                        report("enhance", stop, num_out)  # its own stage, not folded into lip-syncing
                 report("encode", 0, 1)
                 with timer("encode_wait"):
                     encoder.join()

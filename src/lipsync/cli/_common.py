@@ -12,9 +12,27 @@ from typing import Any, TextIO
 
 import click
 
+from lipsync.errors import MediaError
+from lipsync.media._open import check_exists
 from lipsync.types import Character
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_outputs(paths: dict[str, Path | None]) -> None:
+    """Refuse, before any work, output paths that cannot be written (a directory, a folder that is a
+    file, no permission); missing folders are fine: they are created, by every command alike."""
+    from lipsync.media import check_output_file
+
+    for field, path in paths.items():
+        if path is not None:
+            check_output_file(path, field)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small output file (JSON stats, tracks), creating its folder like the video writers do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Character, ...]:
@@ -38,10 +56,14 @@ def parse_character_specs(values: tuple[str, ...] | list[str]) -> tuple[Characte
         if not image:
             raise click.BadParameter(f"{value!r}: the IMAGE part is empty", param_hint="--character")
         path = Path(image).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise click.BadParameter(
                 f"{value!r}: reference image {path} does not exist", param_hint="--character"
             )
+        try:
+            check_exists(path, "characters")  # a directory, an empty or unreadable file: the shared words
+        except MediaError as exc:
+            raise click.BadParameter(f"{value!r}: {exc.message}", param_hint="--character") from None
         name = name or cid
         if cid in names:
             if name not in (names[cid], cid):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lipsync.cli._common import ProgressBar, parse_character_specs
+from lipsync.cli._common import ProgressBar, check_outputs, parse_character_specs, write_text
 from lipsync.config import Settings
 from lipsync.types import DEFAULT_PADS, DEVICE_CHOICES, LOOP_MODES
 
@@ -66,6 +66,7 @@ def run(
     progress: bool,
 ) -> None:
     """Lip-sync VIDEO to AUDIO and write OUT (MP4, H.264 + AAC)."""
+    from lipsync.media import MediaLimits, check_job_media
     from lipsync.pipeline import LipSyncPipeline, LipSyncRequest, check_request
 
     overrides: dict = {}
@@ -89,6 +90,8 @@ def run(
     )
     # Bad inputs fail in a second, before any model is downloaded or loaded.
     check_request(request)
+    check_job_media(video, audio, MediaLimits.from_settings(settings))  # limits, from the headers
+    check_outputs({"stats": stats_path})
     pipeline = LipSyncPipeline(settings)
     with ProgressBar(progress, unit="B") as downloads:
         for name in pipeline.required_models(enhance):
@@ -99,7 +102,7 @@ def run(
 
     stats = result.stats
     if stats_path is not None:
-        stats_path.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+        write_text(stats_path, json.dumps(stats.to_dict(), indent=2) + "\n")
     per_char = ", ".join(
         f"{c.name}: {c.frames_synced} synced / {c.frames_passed_through} passed through"
         for c in stats.characters.values()

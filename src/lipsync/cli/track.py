@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lipsync.cli._common import ProgressBar, parse_character_specs
+from lipsync.cli._common import ProgressBar, check_outputs, parse_character_specs
 from lipsync.config import Settings
 from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
 
@@ -16,7 +16,7 @@ from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
 @click.option(
     "--video",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # checked by probe_input, in the words every command uses
     help="Input video.",
 )
 @click.option(
@@ -68,7 +68,7 @@ def track(
         track_characters,
         tracks_to_json,
     )
-    from lipsync.media import MediaLimits, iter_frames, probe
+    from lipsync.media import MediaLimits, iter_frames, probe_input
 
     overrides: dict = {}
     if backend is not None:
@@ -76,9 +76,8 @@ def track(
     if device is not None:
         overrides["device"] = device
     settings = Settings(**overrides)
-    info = probe(video, MediaLimits.from_settings(settings))
-    if not info.has_video:
-        raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
+    info = probe_input(video, MediaLimits.from_settings(settings), "video", need="video")
+    check_outputs({"out": out, "json": json_path})
     faces = create_face_backend(settings)
     threshold = faces.default_threshold if similarity_threshold is None else similarity_threshold
     options = TrackingOptions(

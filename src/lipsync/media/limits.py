@@ -87,9 +87,13 @@ def check_duration(path: Path, limits: MediaLimits, duration: float, *, what: st
 def check_frame_rate(path: Path, limits: MediaLimits, fps: Fraction) -> None:
     if fps > limits.max_fps:
         raise BadFrameRate(
-            f"{_name(path)} declares {float(fps):g} fps; the limit is {limits.max_fps:g} fps. Re-encode it at "
+            f"{_name(path)} declares {_rate(fps)} fps; the limit is {_rate(limits.max_fps)} fps. Re-encode it at "
             "a normal rate (e.g. 25 or 30 fps) or raise LIPSYNC_MAX_FPS."
         )
+
+
+def _rate(fps: Fraction | float) -> str:
+    return f"{float(fps):,.3f}".rstrip("0").rstrip(".")
 
 
 def decode_rate(fps: Fraction) -> Fraction:
@@ -112,7 +116,7 @@ def check_output_frames(frames: int, fps: Fraction, limits: MediaLimits, *, fiel
     cap = limits.max_output_frames(fps)
     if frames > cap:
         raise MediaTooLarge(
-            f"the output would have {frames} frames at {float(fps):g} fps ({frames / fps:.1f} s); the limit is "
+            f"the output would have {frames} frames at {float(fps):g} fps ({frames / float(fps):.1f} s); the limit is "
             f"{cap} ({limits.max_duration_s:.0f} s). Use a shorter audio or raise LIPSYNC_MAX_DURATION_S.",
             field=field,
         )
