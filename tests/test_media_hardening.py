@@ -406,3 +406,27 @@ def test_total_pixels_and_declared_size_come_from_headers(tmp_path, monkeypatch)
         probe(video, MediaLimits(max_width=40, max_height=40))
     with pytest.raises(BadFrameRate):
         probe(video, MediaLimits(max_fps=24))
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("t.aiff", ("aiff", "pcm_s16be", "s16", 44100)),
+                                           ("t.flac", ("flac", "flac", "s16", 44100))])  # fmt: skip
+def test_other_cut_audio_formats_are_corrupt_media(tmp_path, name, fmt):
+    # Siblings of the cut WAV: formats whose header states the length (AIFF) or whose frames break (FLAC).
+    from media_fixtures import write_audio
+
+    full = tmp_path / name
+    write_audio(full, *fmt, seconds=6.0)
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 4 // 10])
+    assert len(decode_audio(full)) == 6 * 16000
+    with pytest.raises(CorruptMedia) as err:
+        decode_audio(cut)
+    assert err.value.field == "audio"
+
+
+def test_reference_image_declaring_a_huge_picture_is_refused_before_decoding(tmp_path):
+    from lipsync.faces.matching import load_image
+
+    with pytest.raises(MediaTooLarge, match="declares a picture of 16000x16000") as err:
+        load_image(_huge_png(tmp_path / "ref.png"))
+    assert err.value.field == "characters"

@@ -33,7 +33,7 @@ from lipsync.media.audio import AudioSource, decode_audio, iter_audio
 from lipsync.media.decode import FrameReader, iter_frames, to_bgr
 from lipsync.media.encode import VideoWriter, even_size
 from lipsync.media.info import DEFAULT_IMAGE_FPS, MediaInfo, MediaLimits, probe
-from lipsync.media.inputs import JobMedia, check_job_media, probe_input
+from lipsync.media.inputs import JobMedia, check_image_header, check_job_media, probe_input
 from lipsync.media.limits import MIN_FPS, RESAMPLE_FPS, check_output_frames
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "NotAMediaFile",
     "VideoWriter",
     "check_exists",
+    "check_image_header",
     "check_job_media",
     "check_output_file",
     "check_output_frames",

@@ -123,10 +123,12 @@ def _decode_chunks(p: Path, sample_rate: int, mono: bool, limits: MediaLimits) -
         yielded = 0
 
         time_base = stream.time_base
-        # MP4/MOV know every packet from the index, so their declared length is a promise: a track
-        # that stops well short of it was cut off (a download ending exactly between packets).
+        # MP4/MOV know every packet from the index, and AIFF states its sample count, so their declared
+        # length is a promise: a track that stops well short of it was cut off (a download ending
+        # exactly between packets). (A cut WAV is caught from its header above.)
         declared = None
-        if "mp4" in container.format.name and stream.duration and time_base:
+        promises = "mp4" in container.format.name or container.format.name == "aiff"
+        if promises and stream.duration and time_base:
             declared = float(stream.duration * time_base)
         end_ticks: int | None = None  # where the last packet ends: the real end of the track
         first_time: float | None = None

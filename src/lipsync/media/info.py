@@ -26,6 +26,7 @@ from lipsync.media._open import (
 )
 from lipsync.media.limits import (
     MediaLimits,
+    check_declared_size,
     check_duration,
     check_frame_rate,
     check_size,
@@ -148,19 +149,13 @@ def _first_frame(
     )
 
 
-def _fits(limits: MediaLimits, width: int, height: int) -> bool:
-    return width <= limits.max_width and height <= limits.max_height
-
-
 def _check_declared_size(path: Path, vstream: av.stream.Stream, limits: MediaLimits) -> tuple[int, int]:
     """The stored size the header declares (the codec parameters, else the image header), checked
-    before anything is decoded. Rotation is only known from a decoded frame, so here a size passes if it
-    fits either way round; the display size is checked exactly once the first frame is in."""
+    before anything is decoded."""
     width, height = int(vstream.codec_context.width or 0), int(vstream.codec_context.height or 0)
     if not (width and height):
         width, height = image_size(path) or (0, 0)
-    if width and height and not (_fits(limits, width, height) or _fits(limits, height, width)):
-        check_size(path, limits, width, height, declared=True)
+    check_declared_size(path, limits, width, height)
     return width, height
 
 

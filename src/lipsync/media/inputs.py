@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from lipsync.errors import MediaError
+from lipsync.media._headers import image_size
 from lipsync.media._open import check_exists
 from lipsync.media.info import MediaInfo, probe
-from lipsync.media.limits import MediaLimits, check_output_frames
+from lipsync.media.limits import MediaLimits, check_declared_size, check_output_frames
 
 
 def probe_input(
@@ -56,3 +58,17 @@ def check_job_media(
     frames = math.ceil(seconds * vinfo.fps)
     check_output_frames(frames, vinfo.fps, limits)
     return JobMedia(vinfo, ainfo, frames)
+
+
+def check_image_header(path: str | os.PathLike[str], limits: MediaLimits, field: str = "characters") -> None:
+    """Refuse a still image whose header declares more than the size limits, before it is decoded by
+    anything (OpenCV's own cap is a gigapixel: 3 GB of BGR). Images whose header we do not read pass."""
+    p = Path(path)
+    size = image_size(p)
+    if size is None:
+        return
+    try:
+        check_declared_size(p, limits, *size)
+    except MediaError as exc:
+        exc.field = field
+        raise

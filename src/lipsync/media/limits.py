@@ -76,6 +76,16 @@ def check_size(path: Path, limits: MediaLimits, width: int, height: int, *, decl
         )
 
 
+def check_declared_size(path: Path, limits: MediaLimits, width: int, height: int) -> None:
+    """A stored size from a header, before any decode. Rotation is only known from a decoded frame, so
+    here a size passes if it fits either way round; the display size is checked once a frame is in."""
+    def fits(w: int, h: int) -> bool:
+        return w <= limits.max_width and h <= limits.max_height
+
+    if width and height and not (fits(width, height) or fits(height, width)):
+        check_size(path, limits, width, height, declared=True)
+
+
 def check_duration(path: Path, limits: MediaLimits, duration: float, *, what: str = "", hint: str = "") -> None:
     if duration > limits.max_duration_s:
         raise MediaTooLarge(
