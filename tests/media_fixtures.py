@@ -227,19 +227,24 @@ def write_offset_clip(
     audio_seconds: float = 3.3,
     beep_at: float = 1.5,
     rate: int = 16000,
+    size: tuple[int, int] = (64, 48),
+    frame_at=None,
 ) -> Path:
     """An MP4 whose streams start at different times (as phone and screen recordings do): index frames
     from ``video_start``, and from ``audio_start`` silence with a 0.1 s 1 kHz beep at file time ``beep_at``.
+    ``frame_at(i)`` (a BGR frame of ``size``) replaces the index frames.
     """
+    width, height = size
+    frame_at = frame_at or (lambda i: index_frame(i, width, height))
     out = av.open(str(path), mode="w")
     vs = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
-    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
     vs.codec_context.time_base = Fraction(1, fps * 100)
     aus = out.add_stream("aac", rate=rate)
     aus.codec_context.layout = "mono"
     offset = round(video_start * fps * 100)
     for i in range(frames):
-        vf = av.VideoFrame.from_ndarray(index_frame(i, 64, 48), format="bgr24").reformat(format="yuv420p")
+        vf = av.VideoFrame.from_ndarray(frame_at(i), format="bgr24").reformat(format="yuv420p")
         vf.pts, vf.time_base = offset + i * 100, Fraction(1, fps * 100)
         out.mux(vs.encode(vf))
     out.mux(vs.encode(None))

@@ -209,6 +209,19 @@ def test_run_plans_frames_on_the_video_streams_own_timeline(tmp_path):
     assert [read_index(f) for f in iter_frames(clip, info=info)] == list(range(60))
 
 
+def test_run_with_the_videos_own_sound_keeps_it_in_sync(tmp_path):
+    # --audio is the video file itself: its sound is the source's own, so the start times count there too.
+    clip = write_offset_clip(tmp_path / "talk.mp4", video_start=0.852, audio_start=0.2, beep_at=1.5,
+                             size=(160, 128), frame_at=lambda i: render_synthetic_frame(160, 128, [RED], i))  # fmt: skip
+    result, _ = _pipeline_run(clip, clip, tmp_path / "out.mp4")
+    assert beep_onset(result.output) == pytest.approx(1.5 - 0.852, abs=0.01)
+    _, video_s, audio_s = stream_durations(result.output)
+    # The output runs for the sound that follows the picture's start, all of it (to the next frame).
+    info = probe(clip)
+    assert 0 <= video_s - (info.audio_start + info.audio_duration - 0.852) < 0.04 + 1e-6
+    assert audio_s == pytest.approx(video_s, abs=0.03)
+
+
 # --- defect 16: a directory as an input gets one message everywhere ----------------------------------------
 
 

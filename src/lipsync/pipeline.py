@@ -53,6 +53,7 @@ from lipsync.media import (
     decode_audio,
     iter_frames,
     probe,
+    source_audio_offset,
 )
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.stages.composite import composite_face
@@ -200,6 +201,7 @@ class _Job:
     # stereo would be GBs.
     audio: Path
     out_rate: int
+    audio_offset: float = 0.0  # source_audio_offset: nonzero when the audio is the video's own sound
 
 
 @dataclass(frozen=True)
@@ -545,7 +547,8 @@ class LipSyncPipeline:
         video = Path(request.video)
         info = _probe_video(video, self.settings)
         audio = Path(request.audio)
-        mel, num_samples, out_rate = self._load_audio(audio)
+        offset = source_audio_offset(info, audio)
+        mel, num_samples, out_rate = self._load_audio(audio, offset)
         source_frames = 1 if info.is_image else info.num_frames
         if source_frames < 1:
             raise MediaError(f"{video.name} has no decodable video frames", field="video")
@@ -559,7 +562,7 @@ class LipSyncPipeline:
             "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
             video.name, source_frames, info.fps, num_samples / AUDIO_RATE, len(plan), mode,
         )  # fmt: skip
-        return _Job(video, info, info.fps, source_frames, mode, plan, needed, mel, audio, out_rate)
+        return _Job(video, info, info.fps, source_frames, mode, plan, needed, mel, audio, out_rate, offset)
 
     def _render(
         self, job: _Job, request: LipSyncRequest, tracks: list[Track], generator: MouthGenerator,
@@ -581,7 +584,7 @@ class LipSyncPipeline:
                 get_frame = self._frame_source(job.video, job.info, stack)
                 # Entered before the writer, so the stack closes it after the writer (whose close reads
                 # the rest of the audio it needs), on success and on error alike.
-                audio = stack.enter_context(self._open_audio(job.audio, job.out_rate))
+                audio = stack.enter_context(self._open_audio(job.audio, job.out_rate, job.audio_offset))
                 writer = VideoWriter(
                     partial, width, height, job.fps, crf=request.crf, preset=request.preset, audio=audio,
                 )  # fmt: skip
@@ -621,14 +624,14 @@ class LipSyncPipeline:
         report("encode", 1, 1)
 
     @staticmethod
-    def _load_audio(audio: Path) -> tuple[np.ndarray, int, int]:
+    def _load_audio(audio: Path, offset_s: float = 0.0) -> tuple[np.ndarray, int, int]:
         """(mel spectrogram, 16 kHz sample count, rate to mux at: the source's, clamped to 16-48 kHz).
 
         Only the mel outlives this call: the 16 kHz waveform is dropped here, and the track to mux is
         streamed from the file by ``_open_audio`` while encoding.
         """
         try:
-            wav = decode_audio(audio, sample_rate=AUDIO_RATE)
+            wav = decode_audio(audio, sample_rate=AUDIO_RATE, offset_s=offset_s)
             out_rate = AUDIO_RATE
             with contextlib.suppress(LipSyncError):
                 native = probe(audio).audio_sample_rate
@@ -639,11 +642,11 @@ class LipSyncPipeline:
         return wav2lip_mel(wav, AUDIO_RATE), len(wav), out_rate
 
     @staticmethod
-    def _open_audio(audio: Path, rate: int) -> AudioSource:
+    def _open_audio(audio: Path, rate: int, offset_s: float = 0.0) -> AudioSource:
         """The new audio, streamed at ``rate`` for the writer; mono or stereo as the source (surround is
         folded to stereo). The caller closes it."""
         try:
-            return AudioSource.open(audio, rate, mono=False)
+            return AudioSource.open(audio, rate, mono=False, offset_s=offset_s)
         except MediaError as exc:
             raise _with_field(exc, "audio") from None
 

@@ -104,7 +104,7 @@ def render_tracking(
 
     The output starts at the first video frame, and the sound is moved by the streams' start times as a
     player would line them up: a clip whose picture starts 0.85 s after its sound keeps them in sync."""
-    from lipsync.media import AudioSource, VideoWriter, iter_frames, probe
+    from lipsync.media import AudioSource, VideoWriter, iter_frames, probe, source_audio_offset
 
     video, out = Path(video), Path(out)
     info = info or probe(video)
@@ -115,7 +115,7 @@ def render_tracking(
             rate = int(min(48000, max(16000, info.audio_sample_rate or 16000)))
             try:
                 # Streamed from the file, so a long video's sound track is never held whole.
-                offset = info.video_start - info.audio_start
+                offset = source_audio_offset(info, video)
                 audio = stack.enter_context(
                     AudioSource.open(video, sample_rate=rate, mono=False, offset_s=offset)
                 )

@@ -29,7 +29,7 @@ from lipsync.errors import (
     NoVideoStream,
 )
 from lipsync.media._open import check_exists, check_output_file
-from lipsync.media.audio import AudioSource, decode_audio, iter_audio
+from lipsync.media.audio import AudioSource, decode_audio, iter_audio, source_audio_offset
 from lipsync.media.decode import FrameReader, iter_frames, to_bgr
 from lipsync.media.encode import VideoWriter, even_size
 from lipsync.media.info import DEFAULT_IMAGE_FPS, MediaInfo, MediaLimits, probe
@@ -67,5 +67,6 @@ __all__ = [
     "iter_frames",
     "probe",
     "probe_input",
+    "source_audio_offset",
     "to_bgr",
 ]
