@@ -215,3 +215,57 @@ def box_order(path: Path) -> list[tuple[bytes, int]]:
             break
         pos += size
     return boxes
+
+
+def write_offset_clip(
+    path: Path,
+    *,
+    video_start: float = 0.852,
+    audio_start: float = 0.008,
+    frames: int = 60,
+    fps: int = 25,
+    audio_seconds: float = 3.3,
+    beep_at: float = 1.5,
+    rate: int = 16000,
+    size: tuple[int, int] = (64, 48),
+    frame_at=None,
+) -> Path:
+    """An MP4 whose streams start at different times (as phone and screen recordings do): index frames
+    from ``video_start``, and from ``audio_start`` silence with a 0.1 s 1 kHz beep at file time ``beep_at``.
+    ``frame_at(i)`` (a BGR frame of ``size``) replaces the index frames.
+    """
+    width, height = size
+    frame_at = frame_at or (lambda i: index_frame(i, width, height))
+    out = av.open(str(path), mode="w")
+    vs = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "18"})
+    vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+    vs.codec_context.time_base = Fraction(1, fps * 100)
+    aus = out.add_stream("aac", rate=rate)
+    aus.codec_context.layout = "mono"
+    offset = round(video_start * fps * 100)
+    for i in range(frames):
+        vf = av.VideoFrame.from_ndarray(frame_at(i), format="bgr24").reformat(format="yuv420p")
+        vf.pts, vf.time_base = offset + i * 100, Fraction(1, fps * 100)
+        out.mux(vs.encode(vf))
+    out.mux(vs.encode(None))
+    n = round(audio_seconds * rate)
+    t = audio_start + np.arange(n) / rate
+    sound = np.where((t >= beep_at) & (t < beep_at + 0.1), 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0)
+    sound = sound.astype(np.float32)
+    first = round(audio_start * rate)
+    for start in range(0, n, 1024):
+        af = av.AudioFrame.from_ndarray(sound[None, start : start + 1024].copy(), format="fltp", layout="mono")
+        af.sample_rate, af.pts, af.time_base = rate, first + start, Fraction(1, rate)
+        out.mux(aus.encode(af))
+    out.mux(aus.encode(None))
+    out.close()
+    return path
+
+
+def beep_onset(path: Path, rate: int = 16000) -> float:
+    """Seconds from the start of ``path``'s decoded audio to the first sample louder than 0.1."""
+    from lipsync.media import decode_audio
+
+    audio = decode_audio(path, sample_rate=rate)
+    loud = np.flatnonzero(np.abs(audio) > 0.1)
+    return float(loud[0] / rate) if loud.size else float("nan")

@@ -10,7 +10,7 @@ import pytest
 
 from lipsync.errors import InputError
 from lipsync.stages import composite as composite_module
-from lipsync.stages.composite import CompositeResult, composite_face, lower_face_mask
+from lipsync.stages.composite import CompositeResult, composite_face, feathered_face_mask, lower_face_mask
 from lipsync.types import Box
 
 SHIFT = 40  # the brightness error of the "generated" face
@@ -42,10 +42,12 @@ def shifted_crop(frame: np.ndarray, box: Box, shift: int = SHIFT) -> np.ndarray:
     return np.clip(frame[y1:y2, x1:x2].astype(np.int16) + shift, 0, 255).astype(np.uint8)
 
 
-def support_in_frame(frame: np.ndarray, box: Box) -> np.ndarray:
+def support_in_frame(frame: np.ndarray, box: Box, method: str = "poisson") -> np.ndarray:
+    """Where the blend of ``method`` may change the frame: each method has its own mask."""
     x1, y1, x2, y2 = (int(v) for v in box.as_list())
     full = np.zeros(frame.shape[:2], dtype=bool)
-    full[y1:y2, x1:x2] = lower_face_mask(y2 - y1, x2 - x1) > 0
+    make = lower_face_mask if method == "poisson" else feathered_face_mask
+    full[y1:y2, x1:x2] = make(y2 - y1, x2 - x1) > 0
     return full
 
 
@@ -173,7 +175,7 @@ def test_border_touching_box_falls_back_to_feather(box, caplog):
         result = composite_face(frame, shifted_crop(frame, box), box)
     assert result.method == "feather"
     assert any("border" in r.getMessage() for r in caplog.records)
-    support = support_in_frame(frame, box)
+    support = support_in_frame(frame, box, "feather")
     assert np.array_equal(result.frame[~support], frame[~support])
     assert (result.frame[support] != frame[support]).any()
 
@@ -184,7 +186,7 @@ def test_box_partly_outside_frame_is_clipped():
     crop = np.full((200, 200, 3), 255, np.uint8)
     result = composite_face(frame, crop, box)
     assert result.method == "feather"
-    full = lower_face_mask(200, 200) > 0
+    full = feathered_face_mask(200, 200) > 0
     support = full[40:, 50:]
     region = result.frame[:160, :150]
     assert np.array_equal(region[~support], frame[:160, :150][~support])
@@ -216,7 +218,7 @@ def test_tiny_box_works(size):
     # Regions too small for a meaningful Poisson solve are feathered, so the face is not erased.
     assert result.method == ("poisson" if size >= 24 else "feather")
     assert result.frame.shape == frame.shape and result.frame.dtype == np.uint8
-    support = support_in_frame(frame, box)
+    support = support_in_frame(frame, box, result.method)
     assert np.array_equal(result.frame[~support], frame[~support])
     if size >= 8:
         assert (result.frame[support] != frame[support]).any()
@@ -255,3 +257,33 @@ def test_invalid_inputs(kwargs, field):
     with pytest.raises(InputError) as info:
         composite_face(args["frame"], args["generated_crop"], args["box"], mask=mask)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("face", [120, 230])
+def test_feathered_fallback_seam_is_soft(face):
+    """Regression (issue 13, defect 22): where Poisson falls back (here: the box touches the frame's left
+    border), a flat grey face 86 levels brighter than a flat frame must fade in over a ramp that grows
+    with the face, not jump within a dozen pixels. Measured like the Poisson seam test, and by profile."""
+    w = int(face * 0.87)
+    frame = np.full((480, 640, 3), 100, np.uint8)
+    box = Box(0, 100, w, 100 + face)
+    crop = np.full((face, w, 3), 186, np.uint8)
+    result = composite_face(frame, crop, box)
+    assert result.method == "feather"
+    hard = frame.copy()
+    inside = lower_face_mask(face, w) >= 0.5
+    hard[100 : 100 + face, :w][inside] = crop[inside]
+    g_hard = _boundary_gradient(frame, hard, box)
+    g_feather = _boundary_gradient(frame, result.frame, box)
+    assert g_feather <= g_hard / 3.2, (g_feather, g_hard)  # the old 3-pixel feather: g_hard / 1.8
+    change = result.frame.astype(float).mean(axis=-1) - 100.0
+    # The steepest step between neighbouring pixels anywhere: the 86 levels spread over >= face/9 px.
+    steepest = max(np.abs(np.diff(change, axis=0)).max(), np.abs(np.diff(change, axis=1)).max())
+    assert steepest <= 86 * 9 / face, steepest
+    # Down the middle below the mouth, 10 % -> 90 % of the rise takes at least a tenth of the face.
+    column = change[100 + int(0.66 * face) : 100 + face, w // 2]
+    rise = int(np.argmax(column < 0.1 * 86)) - int(np.argmax(column < 0.9 * 86))
+    assert rise >= face / 10, rise
+    # And the mouth itself is the generated face, not a blend with the frame.
+    mouth = change[100 + int(0.7 * face) : 100 + int(0.8 * face), int(0.4 * w) : int(0.6 * w)]
+    assert mouth.min() >= 0.95 * 86

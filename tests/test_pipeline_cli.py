@@ -68,7 +68,7 @@ def test_missing_video_is_one_clear_line(tmp_path, inputs, offline_env, monkeypa
         "--out", str(tmp_path / "o.mp4"),
     )  # fmt: skip
     line = _one_error_line(err)
-    assert code == 2 and "[video]" in line and "nope.mp4" in line and "not found" in line
+    assert code == 2 and "[video]" in line and "nope.mp4" in line and "no such file" in line
 
 
 def test_missing_audio_and_reference_image(tmp_path, inputs, offline_env, monkeypatch, capsys):

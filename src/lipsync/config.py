@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     max_width: int = Field(4096, ge=16)
     max_height: int = Field(4096, ge=16)
     max_duration_s: float = Field(3 * 3600.0, gt=0)
+    max_fps: float = Field(240.0, gt=0, description="Videos above this frame rate are refused (bad_frame_rate).")
+    max_total_pixels: int = Field(
+        4096 * 2160 * 30 * 10800, ge=1, description="Width x height x frames of one video (3 h of 4K30)."
+    )
 
     # --- server --------------------------------------------------------------------------------------
     api_key: str | None = Field(None, description="When set, every endpoint but /health needs Bearer auth.")

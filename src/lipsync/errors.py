@@ -79,6 +79,12 @@ class MediaTooLarge(MediaError):
     http_status = 413
 
 
+class BadFrameRate(MediaError):
+    """A video's frame rate is outside what lipsync decodes (above LIPSYNC_MAX_FPS)."""
+
+    code = "bad_frame_rate"
+
+
 class EncodeError(LipSyncError):
     code = "encode_failed"
 

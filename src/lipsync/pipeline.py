@@ -31,9 +31,19 @@ import numpy as np
 
 from lipsync.audio import num_audio_frames, wav2lip_mel
 from lipsync.config import Settings
-from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound
+from lipsync.errors import InputError, LipSyncError, MediaError
 from lipsync.faces import FaceBackend, create_face_backend
-from lipsync.media import MediaInfo, decode_audio, probe
+from lipsync.media import (
+    MediaInfo,
+    MediaLimits,
+    check_exists,
+    check_job_media,
+    check_output_file,
+    check_output_frames,
+    decode_audio,
+    probe,
+    source_audio_offset,
+)
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
@@ -58,7 +68,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: (stage, done, total). Stages: "prepare", "track", "lipsync", "encode".
+#: (stage, done, total). Stages: "prepare", "track", "lipsync", "enhance" (when on), "encode".
 ProgressCallback = Callable[[str, int, int], None]
 
 AUDIO_RATE = 16000  # Wav2Lip's mel spectrogram is defined at 16 kHz
@@ -85,15 +95,12 @@ def check_request(request: LipSyncRequest) -> None:
     options object was made; this checks the files."""
     if not isinstance(request.options, LipSyncOptions):
         raise InputError("options must be a lipsync.options.LipSyncOptions", field="options")
-    if not Path(request.video).is_file():
-        raise MediaNotFound(f"video file not found: {request.video}", field="video")
-    if not Path(request.audio).is_file():
-        raise MediaNotFound(f"audio file not found: {request.audio}", field="audio")
+    check_exists(request.video, "video")
+    check_exists(request.audio, "audio")
     out = Path(request.output)
     if out.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {out.name!r}", field="output")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder does not exist: {out.parent}", field="output")
+    check_output_file(out)  # a missing folder is created, as `track --out` does
     check_characters(request.characters)
 
 
@@ -108,10 +115,7 @@ def check_characters(characters: Sequence[Character]) -> None:
         if not ch.reference_images:
             raise InputError(f"character {ch.id!r} has no reference image", field="characters")
         for img in ch.reference_images:
-            if not Path(img).is_file():
-                raise MediaNotFound(
-                    f"reference image for character {ch.id!r} not found: {img}", field="characters"
-                )
+            check_exists(img, "characters")
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------
@@ -247,6 +251,7 @@ class LipSyncPipeline:
 
         # 1. Check the inputs, and load the models (first request only) so a missing one fails fast.
         check_request(request)
+        check_job_media(request.video, request.audio, MediaLimits.from_settings(self.settings))
         with timer("load_models"):
             backend = self.get_face_backend()
             generator = self.get_generator()
@@ -297,7 +302,8 @@ class LipSyncPipeline:
         video = Path(request.video)
         info = probe_video(video, self.settings)
         audio = Path(request.audio)
-        mel, num_samples, out_rate = self._load_audio(audio)
+        offset = source_audio_offset(info, audio)
+        mel, num_samples, out_rate = self._load_audio(audio, offset)
         source_frames = 1 if info.is_image else info.num_frames
         if source_frames < 1:
             raise MediaError(f"{video.name} has no decodable video frames", field="video")
@@ -305,22 +311,23 @@ class LipSyncPipeline:
         # A still image (or a one-frame clip) is looped to the audio, whatever the loop mode says.
         mode: LoopMode = "repeat" if source_frames == 1 else request.options.loop_mode
         plan = plan_loop(source_frames, audio_frames, mode, request.options.crossfade_frames)
+        check_output_frames(len(plan), info.fps, MediaLimits.from_settings(self.settings))
         needed = 1 if source_frames == 1 else sources_needed(plan)
         log.info(
             "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
             video.name, source_frames, info.fps, num_samples / AUDIO_RATE, len(plan), mode,
         )  # fmt: skip
-        return RenderJob(video, info, info.fps, source_frames, mode, plan, needed, mel, audio, out_rate)
+        return RenderJob(video, info, info.fps, source_frames, mode, plan, needed, mel, audio, out_rate, offset)
 
     @staticmethod
-    def _load_audio(audio: Path) -> tuple[np.ndarray, int, int]:
+    def _load_audio(audio: Path, offset_s: float = 0.0) -> tuple[np.ndarray, int, int]:
         """(mel spectrogram, 16 kHz sample count, rate to mux at: the source's, clamped to 16-48 kHz).
 
         Only the mel outlives this call: the 16 kHz waveform is dropped here, and the track to mux is
         streamed from the file by ``_open_audio`` while encoding.
         """
         try:
-            wav = decode_audio(audio, sample_rate=AUDIO_RATE)
+            wav = decode_audio(audio, sample_rate=AUDIO_RATE, offset_s=offset_s)
             out_rate = AUDIO_RATE
             with contextlib.suppress(LipSyncError):
                 native = probe(audio).audio_sample_rate

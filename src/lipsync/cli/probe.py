@@ -29,6 +29,15 @@ def _human(info) -> str:
             f"frames:     {info.num_frames} at {info.fps} fps (~{float(info.fps):.3f}, {kind}), "
             f"{info.video_duration:.3f} s; {info.source_frames} stored",
         ]
+        if info.stream_fps and info.stream_fps != info.fps and not info.is_image:
+            from lipsync.media import MIN_FPS
+
+            lines.append(f"            resampled: the stream runs at {info.stream_fps} fps (under {MIN_FPS} fps)")
+        if info.has_audio and abs(info.video_start - info.audio_start) >= 0.001:
+            lines.append(
+                f"starts:     video at {info.video_start:.3f} s, audio at {info.audio_start:.3f} s "
+                "(kept in sync where its own sound is used)"
+            )
     else:
         lines.append("video:      none")
     if info.has_audio:

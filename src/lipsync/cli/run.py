@@ -8,19 +8,12 @@ from typing import Any
 
 import click
 
-from lipsync.cli._common import ProgressBar, parse_character_specs
+from lipsync.cli._common import ProgressBar, check_outputs, parse_character_specs, write_text
 from lipsync.cli.options import add_options, options_from_cli
 from lipsync.config import Settings
 from lipsync.options import LipSyncOptions
 from lipsync.request import LipSyncRequest
 from lipsync.types import DEVICE_CHOICES
-
-_STAGE_LABELS = {
-    "prepare": "prepare",
-    "track": "tracking faces",
-    "lipsync": "lip-syncing",
-    "encode": "finishing",
-}
 
 
 @click.command("run")
@@ -57,6 +50,7 @@ def run(
     # Settings first: a bad value fails in a second, before any model is downloaded or loaded.
     options = options_from_cli(LipSyncOptions, settings_given)
     request = LipSyncRequest(video, audio, output, parse_character_specs(characters), options)
+    from lipsync.media import MediaLimits, check_job_media
     from lipsync.models.preflight import ensure_models, needs_for_run
     from lipsync.pipeline import LipSyncPipeline, check_request
 
@@ -66,18 +60,20 @@ def run(
         # A one-off process: the loaded generator's own cap (and OOM back-off start) is the asked batch.
         overrides["batch_size"] = options.wav2lip_batch_size
     settings = Settings(**overrides)
+    check_job_media(video, audio, MediaLimits.from_settings(settings))  # limits, from the headers
+    check_outputs({"stats": stats_path})
     pipeline = LipSyncPipeline(settings)
     # Every model the run needs, checked (and fetched) before any work: one error lists all that are missing.
     with ProgressBar(progress, unit="B") as downloads:
         ensure_models(pipeline.store, needs_for_run(settings, enhance=pipeline.enhance_enabled(options)),
                       progress=lambda name: downloads.for_label(f"downloading {name}"))  # fmt: skip
 
-    with ProgressBar(progress, labels=_STAGE_LABELS) as bars:
+    with ProgressBar(progress) as bars:  # the pipeline's stages, as cli._common names them
         result = pipeline(request, progress=bars.update)
 
     stats = result.stats
     if stats_path is not None:
-        stats_path.write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+        write_text(stats_path, json.dumps(stats.to_dict(), indent=2) + "\n")
     per_char = ", ".join(
         f"{c.name}: {c.frames_synced} synced / {c.frames_passed_through} passed through"
         for c in stats.characters.values()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from lipsync.cli._common import ProgressBar, parse_character_specs
+from lipsync.cli._common import ProgressBar, check_outputs, parse_character_specs
 from lipsync.cli.options import add_options, options_from_cli
 from lipsync.config import Settings
 from lipsync.options import TrackOptions
@@ -19,7 +19,7 @@ from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
 @click.option(
     "--video",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # checked by probe_input, in the words every command uses
     help="Input video.",
 )
 @click.option(
@@ -62,7 +62,7 @@ def track(
         track_characters,
         tracks_to_json,
     )
-    from lipsync.media import MediaLimits, iter_frames, probe
+    from lipsync.media import MediaLimits, iter_frames, probe_input
     from lipsync.models import ModelStore
     from lipsync.models.preflight import ensure_models, needs_for_tracking
 
@@ -72,9 +72,8 @@ def track(
     if device is not None:
         overrides["device"] = device
     settings = Settings(**overrides)
-    info = probe(video, MediaLimits.from_settings(settings))
-    if not info.has_video:
-        raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
+    info = probe_input(video, MediaLimits.from_settings(settings), "video", need="video")
+    check_outputs({"out": out, "json": json_path})
     store = ModelStore(settings)
     ensure_models(store, needs_for_tracking(settings))  # all missing face models in one error
     faces = create_face_backend(settings, store)

@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 from lipsync.errors import FaceError, ReferenceFaceNotFound
 from lipsync.faces.backend import FaceBackend
+from lipsync.media import MediaLimits, check_image_header
 from lipsync.types import Character
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ class Assignment:
     similarity: float
 
 
-def load_image(path: Path) -> np.ndarray:
-    """A reference image as BGR uint8 (EXIF orientation applied by OpenCV)."""
+def load_image(path: Path, limits: MediaLimits | None = None) -> np.ndarray:
+    """A reference image as BGR uint8 (EXIF orientation applied by OpenCV). Its declared size is
+    checked from the header first: a small file can declare a picture of gigabytes."""
+    check_image_header(path, limits or MediaLimits())
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise FaceError(f"cannot read reference image {Path(path).name}", field="characters")

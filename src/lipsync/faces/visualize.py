@@ -100,8 +100,11 @@ def render_tracking(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``out`` (MP4): the frames of ``video`` with ``tracks`` drawn, at the source frame rate, with
-    the source's audio (at its own rate, up to 48 kHz, channels kept) when it has any."""
-    from lipsync.media import AudioSource, VideoWriter, iter_frames, probe
+    the source's audio (at its own rate, up to 48 kHz, channels kept) when it has any.
+
+    The output starts at the first video frame, and the sound is moved by the streams' start times as a
+    player would line them up: a clip whose picture starts 0.85 s after its sound keeps them in sync."""
+    from lipsync.media import AudioSource, VideoWriter, iter_frames, probe, source_audio_offset
 
     video, out = Path(video), Path(out)
     info = info or probe(video)
@@ -112,7 +115,10 @@ def render_tracking(
             rate = int(min(48000, max(16000, info.audio_sample_rate or 16000)))
             try:
                 # Streamed from the file, so a long video's sound track is never held whole.
-                audio = stack.enter_context(AudioSource.open(video, sample_rate=rate, mono=False))
+                offset = source_audio_offset(info, video)
+                audio = stack.enter_context(
+                    AudioSource.open(video, sample_rate=rate, mono=False, offset_s=offset)
+                )
             except MediaError as exc:  # a broken sound track should not stop the visual check
                 log.warning("tracking video without audio: %s", exc.message)
         writer = stack.enter_context(

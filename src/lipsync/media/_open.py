@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import av.container
 
-from lipsync.errors import CorruptMedia, MediaNotFound, NotAMediaFile
+from lipsync.errors import CorruptMedia, InputError, MediaNotFound, NotAMediaFile
 
 # Leading bytes of containers FFmpeg reads. When one of these opens badly, the file is media that was
 # damaged (typically a truncated download), which deserves a different message than "not media at all".
@@ -63,24 +63,52 @@ def _describe_head(head: bytes) -> str:
     return ""
 
 
-def check_exists(path: str | os.PathLike[str]) -> Path:
+IMAGE_HINT = "Give an image file (jpg, png, webp) showing the face."
+_HINTS = {"video": VIDEO_HINT, "audio": AUDIO_HINT, "characters": IMAGE_HINT}
+
+
+def check_exists(path: str | os.PathLike[str], field: str | None = None) -> Path:
+    """``path`` as a Path when it is a readable, non-empty file; else MediaNotFound / NotAMediaFile with
+    one wording for every command and input (``field`` picks the hint and tags the error)."""
     p = Path(path)
     if not p.exists():
-        raise MediaNotFound(f"{p}: no such file. Check the path (or that the download finished).")
+        raise MediaNotFound(f"{p}: no such file. Check the path (or that the download finished).", field=field)
     if p.is_dir():
-        raise NotAMediaFile(f"{p} is a directory, not a media file. {VIDEO_HINT}")
+        hint = _HINTS.get(field or "", ANY_MEDIA_HINT)
+        raise NotAMediaFile(f"{p} is a directory, not a media file. {hint}", field=field)
     if not os.access(p, os.R_OK):
-        raise MediaNotFound(f"{p}: permission denied. Make the file readable by this process.")
+        raise MediaNotFound(f"{p}: permission denied. Make the file readable by this process.", field=field)
     if p.stat().st_size == 0:
-        raise NotAMediaFile(f"{display_name(p)} is empty (0 bytes). Re-upload or re-download it.")
+        raise NotAMediaFile(f"{display_name(p)} is empty (0 bytes). Re-upload or re-download it.", field=field)
     return p
 
 
-def open_input(path: str | os.PathLike[str]) -> av.container.InputContainer:
-    """Open ``path`` for reading, or raise MediaNotFound / NotAMediaFile / CorruptMedia."""
+def check_output_file(path: str | os.PathLike[str], field: str = "output") -> Path:
+    """An output path lipsync can write: not a directory, and its folder either exists or can be created
+    (writers create missing folders, like ``mkdir -p``). Nothing is created here."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a directory; give a file name inside it (e.g. {p / 'out.mp4'}).", field=field)
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot create a folder for {p}: {folder} is a file, not a folder.", field=field)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {p}: no write permission in {folder}.", field=field)
+    return p
+
+
+def open_input(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> av.container.InputContainer:
+    """Open ``path`` for reading, or raise MediaNotFound / NotAMediaFile / CorruptMedia.
+
+    ``max_pixels`` is handed to FFmpeg's decoders (its ``max_pixels`` codec option): opening a file makes
+    FFmpeg decode a frame to learn its parameters, and a picture over the limit is then refused before
+    it is allocated instead of costing its full decode."""
     p = check_exists(path)
+    options = {"max_pixels": str(int(max_pixels))} if max_pixels else None
     try:
-        return av.open(str(p), mode="r", metadata_errors="ignore")
+        return av.open(str(p), mode="r", metadata_errors="ignore", options=options)
     except FileNotFoundError as exc:  # raced with a delete
         raise MediaNotFound(f"{p}: no such file. Check the path.") from exc
     except PermissionError as exc:
@@ -97,8 +125,26 @@ def open_input(path: str | os.PathLike[str]) -> av.container.InputContainer:
         ) from exc
 
 
-def corrupt_partway(path: Path, where: str, exc: BaseException) -> CorruptMedia:
+def corrupt_partway(path: Path, where: str, exc: BaseException, field: str | None = None) -> CorruptMedia:
     return CorruptMedia(
         f"{display_name(path)} is corrupt partway through ({where}: {exc}). The file is probably truncated "
-        "or damaged; re-export or re-download it."
+        "or damaged; re-export or re-download it.",
+        field=field,
     )
+
+
+def check_complete(path: Path, field: str | None = "audio") -> None:
+    """Refuse a WAV cut short of the length its header declares (FFmpeg would read it as a shorter file)."""
+    from lipsync.media._headers import wav_data_extent
+
+    extent = wav_data_extent(path)
+    # Half a hundredth of a second of slack: some writers round the header's size up to a block.
+    if extent is not None and extent[1] < extent[0] - 0.005:
+        declared, present = extent
+        raise CorruptMedia(
+            f"{display_name(path)} is truncated: its header declares {declared:.2f} s of audio but the file "
+            f"holds only {present:.2f} s. It was probably cut off (an interrupted upload or download); "
+            "re-export or re-download it.",
+            field=field,
+        )
+

@@ -19,8 +19,8 @@ import av
 import numpy as np
 
 from lipsync.errors import CorruptMedia, EmptyAudio, MediaTooLarge, NoAudioStream
-from lipsync.media._open import AUDIO_HINT, corrupt_partway, display_name, open_input
-from lipsync.media.info import MediaLimits, pick_audio_stream
+from lipsync.media._open import AUDIO_HINT, check_complete, corrupt_partway, display_name, open_input
+from lipsync.media.info import MediaInfo, MediaLimits, pick_audio_stream
 
 # Samples (per channel) gathered before a chunk is yielded: big enough that per-chunk numpy overhead
 # vanishes, small enough (0.3 s at 48 kHz stereo = 128 KiB) that a reader holds next to nothing.
@@ -33,8 +33,13 @@ def iter_audio(
     *,
     mono: bool = True,
     limits: MediaLimits | None = None,
+    offset_s: float = 0.0,
 ) -> Iterator[np.ndarray]:
     """Decode the first audio stream of ``path`` chunk by chunk.
+
+    ``offset_s`` moves the audio's start: positive skips that much of its beginning, negative puts
+    that much silence before it. Keeping a file's own sound under its video needs
+    ``video_start - audio_start`` (``MediaInfo``): players line streams up by their start times.
 
     Yields planar float32 arrays of shape (channels, n), n > 0, at ``sample_rate``: channels is 1 when
     ``mono`` (the channel mean, like librosa's mono=True, so a centred voice keeps its level), else 1 or
@@ -47,7 +52,9 @@ def iter_audio(
     """
     if sample_rate <= 0:  # checked here, not at the first next(): a bad argument is the caller's bug
         raise ValueError("sample_rate must be positive")
-    return _decode_chunks(Path(path), int(sample_rate), mono, limits or MediaLimits())
+    chunks = _decode_chunks(Path(path), int(sample_rate), mono, limits or MediaLimits())
+    shift = round(offset_s * sample_rate)
+    return _shifted(chunks, shift) if shift else chunks
 
 
 class _Tail:
@@ -104,6 +111,10 @@ def _decode_chunks(p: Path, sample_rate: int, mono: bool, limits: MediaLimits) -
                 f"{limits.max_duration_s:.0f} s. Cut the audio shorter or raise LIPSYNC_MAX_DURATION_S.",
                 field="audio",
             )
+        if container.format.name == "wav":
+            check_complete(p)
+        # Headers can be missing or lie (raw streams, a damaged length field): count as we decode too.
+        max_samples = limits.max_duration_s * sample_rate
         # Keep the source layout through the resampler and average channels ourselves (see _Tail.take).
         layout = stream.codec_context.layout
         if layout is None or layout.nb_channels == 0:
@@ -119,10 +130,12 @@ def _decode_chunks(p: Path, sample_rate: int, mono: bool, limits: MediaLimits) -
         yielded = 0
 
         time_base = stream.time_base
-        # MP4/MOV know every packet from the index, so their declared length is a promise: a track
-        # that stops well short of it was cut off (a download ending exactly between packets).
+        # MP4/MOV know every packet from the index, and AIFF states its sample count, so their declared
+        # length is a promise: a track that stops well short of it was cut off (a download ending
+        # exactly between packets). (A cut WAV is caught from its header above.)
         declared = None
-        if "mp4" in container.format.name and stream.duration and time_base:
+        promises = "mp4" in container.format.name or container.format.name == "aiff"
+        if promises and stream.duration and time_base:
             declared = float(stream.duration * time_base)
         end_ticks: int | None = None  # where the last packet ends: the real end of the track
         first_time: float | None = None
@@ -135,13 +148,19 @@ def _decode_chunks(p: Path, sample_rate: int, mono: bool, limits: MediaLimits) -
                     if first_time is None and frame.time is not None:
                         first_time = float(frame.time)
                     total += tail.add(resampler.resample(frame))
+                if total > max_samples:
+                    raise MediaTooLarge(
+                        f"{display_name(p)} lasts over {limits.max_duration_s:.0f} s, the limit. Cut the audio "
+                        "shorter or raise LIPSYNC_MAX_DURATION_S.",
+                        field="audio",
+                    )
                 if tail.size >= hold + _CHUNK:
                     chunk = tail.take(tail.size - hold)
                     yielded += chunk.shape[1]
                     yield chunk
             total += tail.add(resampler.resample(None))
         except av.FFmpegError as exc:
-            raise corrupt_partway(p, "decoding audio", exc) from exc
+            raise corrupt_partway(p, "decoding audio", exc, field="audio") from exc
     finally:
         container.close()
 
@@ -176,8 +195,10 @@ def decode_audio(
     *,
     mono: bool = True,
     limits: MediaLimits | None = None,
+    offset_s: float = 0.0,
 ) -> np.ndarray:
     """Decode the first audio stream of ``path`` (an audio file or a video's sound track) in one array.
+    ``offset_s`` as in ``iter_audio``.
 
     Returns float32 samples at ``sample_rate``: shape (n,) when ``mono`` (the channel mean, like
     librosa's mono=True, so a centred voice keeps its level), else (n, channels) with channels 1 or 2
@@ -185,7 +206,9 @@ def decode_audio(
     or ``iter_audio``.
     Raises MediaNotFound, NotAMediaFile, NoAudioStream, EmptyAudio, CorruptMedia, MediaTooLarge.
     """
-    chunks = list(iter_audio(path, sample_rate, mono=mono, limits=limits))
+    chunks = list(iter_audio(path, sample_rate, mono=mono, limits=limits, offset_s=offset_s))
+    if not chunks:  # only when offset_s skipped past the end
+        raise EmptyAudio(f"{display_name(Path(path))} has no audio after {offset_s:.2f} s.", field="audio")
     audio = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=1)
     del chunks
     if mono:
@@ -219,15 +242,18 @@ class AudioSource:
         *,
         mono: bool = True,
         limits: MediaLimits | None = None,
+        offset_s: float = 0.0,
     ) -> AudioSource:
         """Stream the first audio stream of ``path`` at ``sample_rate``; ``mono`` as in ``iter_audio``
         (False keeps mono/stereo and downmixes surround to stereo).
+
+        ``offset_s`` as in ``iter_audio``.
 
         The first chunk is decoded here, so a missing, unreadable, stream-less or empty file fails at
         open with the same typed errors as ``decode_audio``; damage found later (CorruptMedia) is raised
         by the ``read`` that reaches it.
         """
-        chunks = iter_audio(path, sample_rate, mono=mono, limits=limits)
+        chunks = iter_audio(path, sample_rate, mono=mono, limits=limits, offset_s=offset_s)
         first = next(chunks, None)
         if first is None:  # iter_audio raises EmptyAudio instead of ending without a chunk
             raise EmptyAudio(f"{display_name(Path(path))} has no audio samples.", field="audio")
@@ -303,3 +329,34 @@ class AudioSource:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+
+
+def _shifted(chunks: Iterator[np.ndarray], shift: int) -> Iterator[np.ndarray]:
+    """The chunks without their first ``shift`` samples (shift > 0), or after -shift samples of silence."""
+    try:
+        for chunk in chunks:
+            if shift < 0:
+                yield np.zeros((chunk.shape[0], -shift), np.float32)
+                shift = 0
+            elif shift > 0:
+                drop = min(shift, chunk.shape[1])
+                shift -= drop
+                chunk = chunk[:, drop:]
+                if not chunk.shape[1]:
+                    continue
+            yield chunk
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()  # closes the file with this wrapper
+
+
+def source_audio_offset(video: MediaInfo, audio: str | os.PathLike[str]) -> float:
+    """The ``offset_s`` that keeps ``audio`` in sync under ``video``: when the audio is the video file's
+    own sound track, its streams' start times apart (the sound may start 0.85 s before the picture);
+    for a separate audio file, 0 (its first sample goes with the first frame)."""
+    try:
+        same = os.path.samefile(video.path, audio)
+    except OSError:
+        return 0.0
+    return video.video_start - video.audio_start if same and video.has_audio else 0.0
+

@@ -47,7 +47,7 @@ def _decoded(container, stream, path: Path) -> Iterator[av.VideoFrame]:
         for packet in container.demux(stream):
             yield from packet.decode()
     except av.FFmpegError as exc:
-        raise corrupt_partway(path, "decoding video", exc) from exc
+        raise corrupt_partway(path, "decoding video", exc, field="video") from exc
 
 
 def _cfr(
@@ -77,19 +77,23 @@ def _cfr(
         if nxt >= stop:
             return
         prev, prev_slot = frame, slot
-        length = frame.duration * info.time_base if frame.duration else 1 / info.fps
+        # A resampled low-rate stream's frame lasts 1 / its own rate, not 1 / the decode rate.
+        own_rate = info.stream_fps or info.fps
+        length = frame.duration * info.time_base if frame.duration else 1 / own_rate
         prev_end = t + length
     if prev is None:
         raise CorruptMedia(
             f"{display_name(info.path)}: no video frames could be decoded at or after frame {start}. "
-            "The file is probably truncated; re-export or re-download it."
+            "The file is probably truncated; re-export or re-download it.",
+            field="video",
         )
     declared_end = Fraction(stop) / info.fps
     missing = declared_end - (prev_end or 0)
     if stop == info.num_frames and missing > max(Fraction(3) / info.fps, Fraction(_SHORT_TOLERANCE_S)):
         raise CorruptMedia(
             f"{display_name(info.path)} ends early: video stops at {float(prev_end or 0):.2f} s but the file "
-            f"declares {float(declared_end):.2f} s. It is probably truncated; re-export or re-download it."
+            f"declares {float(declared_end):.2f} s. It is probably truncated; re-export or re-download it.",
+            field="video",
         )
     while nxt < stop:
         yield nxt, prev
@@ -109,18 +113,23 @@ def _iter_source(info: MediaInfo, start: int, stop: int) -> Iterator[tuple[int, 
             if stream is None:
                 info.require_video()
             stream.thread_type = "AUTO"  # type: ignore[union-attr]
+            # The probe checked the first frame's size; a stream that grows midway stays bounded too.
+            limit = max(1, 4 * info.display_width * info.display_height)
+            stream.codec_context.options = {"max_pixels": str(limit)}  # type: ignore[union-attr]
             if info.is_image:
                 for frame in _decoded(container, stream, path):
                     yield 0, frame
                     return
-                raise CorruptMedia(f"{display_name(path)}: the image could not be decoded. Re-save it.")
+                raise CorruptMedia(
+                    f"{display_name(path)}: the image could not be decoded. Re-save it.", field="video"
+                )
             seek_s = float(Fraction(start) / info.fps) - backoff
             if start > 0 and seek_s > 0:
                 target = info.start_pts + int(seek_s / float(info.time_base))
                 try:
                     container.seek(target, stream=stream, backward=True, any_frame=False)
                 except av.FFmpegError as exc:
-                    raise corrupt_partway(path, f"seeking to {seek_s:.2f} s", exc) from exc
+                    raise corrupt_partway(path, f"seeking to {seek_s:.2f} s", exc, field="video") from exc
             mapped = _cfr(_decoded(container, stream, path), info, start, stop)
             try:
                 first = next(mapped)
@@ -128,7 +137,8 @@ def _iter_source(info: MediaInfo, start: int, stop: int) -> Iterator[tuple[int, 
                 if seek_s <= 0:
                     raise CorruptMedia(
                         f"{display_name(path)}: frame timestamps are inconsistent (the first frame is "
-                        "after the stream start). Re-encode the file."
+                        "after the stream start). Re-encode the file.",
+                        field="video",
                     ) from None
                 backoff = max(1.0, backoff * 2)
                 continue
@@ -243,7 +253,9 @@ class FrameReader:
                 break
         if len(out) != hi - lo:
             self._close_source()
-            raise CorruptMedia(f"{display_name(self.info.path)}: frames {lo}..{hi - 1} could not be decoded.")
+            raise CorruptMedia(
+                f"{display_name(self.info.path)}: frames {lo}..{hi - 1} could not be decoded.", field="video"
+            )
         self._source_next = hi
         return out
 

@@ -29,6 +29,7 @@ class RenderJob:
     # stereo would be GBs.
     audio: Path
     out_rate: int
+    audio_offset: float = 0.0  # source_audio_offset: nonzero when the audio is the video's own sound
 
 
 @dataclass(frozen=True)

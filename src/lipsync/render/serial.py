@@ -56,7 +56,7 @@ def render(
             get_frame = frame_source(job.video, job.info, stack)
             # Entered before the writer, so the stack closes it after the writer (whose close reads
             # the rest of the audio it needs), on success and on error alike.
-            audio = stack.enter_context(open_audio(job.audio, job.out_rate))
+            audio = stack.enter_context(open_audio(job.audio, job.out_rate, job.audio_offset))
             writer = VideoWriter(
                 partial, width, height, job.fps, crf=options.crf, preset=options.preset, audio=audio,
             )  # fmt: skip
@@ -79,6 +79,8 @@ def render(
                 with timer("encode_wait"):  # only when the encoder is a batch behind
                     encoder.put(frames)
                 report("lipsync", stop, num_out)
+                if enhancer is not None:
+                    report("enhance", stop, num_out)  # its own stage, not folded into lip-syncing
             report("encode", 0, 1)
             with timer("encode_wait"):
                 encoder.join()
@@ -92,11 +94,11 @@ def render(
     report("encode", 1, 1)
 
 
-def open_audio(audio: Path, rate: int) -> AudioSource:
+def open_audio(audio: Path, rate: int, offset_s: float = 0.0) -> AudioSource:
     """The new audio, streamed at ``rate`` for the writer; mono or stereo as the source (surround is
     folded to stereo). The caller closes it."""
     try:
-        return AudioSource.open(audio, rate, mono=False)
+        return AudioSource.open(audio, rate, mono=False, offset_s=offset_s)
     except MediaError as exc:
         raise exc.named("audio") from None
 

@@ -10,7 +10,10 @@ outside the mask inside its bounding rectangle by a grey level or so).
 When Poisson blending is off, fails (``cv2.error``), the box touches the frame border (the Poisson
 boundary would lie on the image edge, and seamlessClone refuses regions that do) or the region is too
 small for the solve to carry any of the face (under MIN_POISSON_SIDE pixels), a feathered alpha blend
-with the same soft mask is used instead. The method used is returned so the pipeline can count it.
+is used instead, with a mask of its own (``feathered_face_mask``): without Poisson nothing evens out a
+brightness mismatch, so the blend itself must spread it, over a ramp about a fifth of the face wide
+(a mask blurred only at Poisson's few pixels made a grey disc's edge jump by 86 levels within 12 px).
+The method used is returned so the pipeline can count it.
 """
 
 from __future__ import annotations
@@ -88,6 +91,37 @@ def lower_face_mask(
     return np.clip(mask, 0.0, 1.0, out=mask)
 
 
+# Where the feathered mask's ramp starts, in units of the lower-face ellipse's radius: the mouth (its
+# corners sit at about 0.53) stays the generated face; the ramp then runs out as far as the crop
+# allows (the ellipse leaves about 0.3 of its radius to the crop's sides and bottom).
+_FEATHER_INNER = 0.55
+_FEATHER_OUTER_MAX = 1.35
+
+
+def feathered_face_mask(
+    h: int, w: int, *, center_y: float = 0.66, half_height: float = 0.26, half_width: float = 0.38
+) -> np.ndarray:
+    """The mask of the feathered fallback: (h, w) float32 in [0, 1], 1 over the mouth and falling
+    smoothly (smoothstep over the ellipse's radius) to 0 one pixel inside the crop. The ramp scales with
+    the face: about 0.2 of its height below the mouth and 0.28 of its width to the sides."""
+    if isinstance(h, bool) or isinstance(w, bool) or int(h) != h or int(w) != w or h < 1 or w < 1:
+        raise InputError(f"mask size must be positive integers, got {h}x{w}", field="box")
+    h, w = int(h), int(w)
+    cy, cx = center_y * (h - 1), (w - 1) / 2.0
+    ay, ax = half_height * h, half_width * w
+    # The largest radius whose ellipse keeps one pixel clear of the crop's edges (the blend's support
+    # must not reach them, or the crop's border would show as an edge).
+    outer = min((h - 2 - cy) / ay, (cx - 1) / ax, (cy - 1) / ay, _FEATHER_OUTER_MAX)
+    if outer <= _FEATHER_INNER + 0.05:  # a crop too small for a ramp
+        return lower_face_mask(h, w, center_y=center_y, half_height=half_height, half_width=half_width)
+    ys = (np.arange(h, dtype=np.float32)[:, None] - cy) / ay
+    xs = (np.arange(w, dtype=np.float32)[None, :] - cx) / ax
+    t = np.clip((outer - np.sqrt(ys**2 + xs**2)) / (outer - _FEATHER_INNER), 0.0, 1.0)
+    mask = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    mask[mask < _ALPHA_FLOOR] = 0.0
+    return mask
+
+
 def _int_box(box: Box) -> tuple[int, int, int, int]:
     coords = (box.x1, box.y1, box.x2, box.y2)
     if not all(math.isfinite(c) for c in coords):
@@ -131,8 +165,9 @@ def composite_face(
 ) -> CompositeResult:
     """Paste ``generated_crop`` (already resized to the box) into ``frame`` at ``box`` (integer pixels).
 
-    ``mask`` overrides :func:`lower_face_mask` (float 0..1, the crop's size). Pixels where the mask is 0 are
-    returned unchanged, bit for bit; so is everything outside the box. A box reaching outside the frame is
+    ``mask`` overrides :func:`lower_face_mask` (float 0..1, the crop's size) for both methods; without it,
+    the feathered blend uses :func:`feathered_face_mask`. Pixels where the mask used is 0 are returned
+    unchanged, bit for bit; so is everything outside the box. A box reaching outside the frame is
     clipped to it (and blended with the feather, since it touches the border).
     """
     _check_image(frame, "frame")
@@ -145,6 +180,7 @@ def composite_face(
             "resize the crop to the box first",
             field="generated_crop",
         )
+    custom = mask is not None
     if mask is None:
         alpha = lower_face_mask(bh, bw)
     else:
@@ -167,9 +203,9 @@ def composite_face(
     support = alpha > 0.0
     if not support.any():
         return CompositeResult(out, "feather")
+    fg = crop
 
     method: CompositeMethod = "feather"
-    fg = crop
     _, _, rect_w, rect_h = cv2.boundingRect(support.astype(np.uint8))
     if poisson and touches_border:
         log.debug("box %s touches the %dx%d frame border: feathered blend instead of Poisson", box, fw, fh)
@@ -183,6 +219,9 @@ def composite_face(
             method = "poisson"
         except cv2.error as exc:
             log.info("cv2.seamlessClone failed for box %s (%s): feathered blend instead", box, exc)
+    if method == "feather" and not custom:
+        alpha = feathered_face_mask(bh, bw)[inner]
+        support = alpha > 0.0
     blended = _blend(fg, region, alpha)
     # Enforce the contract exactly: only the mask's support may change.
     out[cy1:cy2, cx1:cx2] = np.where(support[..., None], blended, region)
