@@ -18,15 +18,19 @@ from filelock import FileLock, Timeout
 
 from lipsync import __version__
 from lipsync.api.auth import make_auth_dependency
+from lipsync.api.backend import RemoteEngine, build_backend, webhook_sender
 from lipsync.api.errors import error_response, install_error_handlers
 from lipsync.api.fetch import Fetcher, FetchLimits
+from lipsync.api.metrics import install_metrics
 from lipsync.api.netguard import check_url
 from lipsync.api.receive import upload_body_limit
-from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers, job_view
+from lipsync.api.routes import UPLOAD_PATH, Waiters, build_routers
 from lipsync.api.upload import Uploader
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
 from lipsync.jobs.engine import Engine, ModelGate, PipelineFactory, default_pipeline_factory
+from lipsync.jobs.metrics import Metrics
+from lipsync.jobs.results import results_store_from_url
 from lipsync.jobs.runner import JobRunner
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
@@ -64,6 +68,7 @@ class AppState:
     fetcher: Fetcher
     uploader: Uploader
     device_info: dict[str, Any]
+    metrics: Metrics | None = None
 
     def check_urls(self, params: dict[str, Any]) -> None:
         """Early SSRF check at submission, so an unsafe URL is a 422 now rather than a failed job later
@@ -89,13 +94,17 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     logging.getLogger("httpx").setLevel(logging.WARNING)
     work_dir = Path(settings.work_dir) if settings.work_dir else default_work_dir()
     db_path = Path(settings.jobs_db) if settings.jobs_db else work_dir / "jobs.sqlite3"
-    engine = (pipeline_factory or default_pipeline_factory)(settings)
+    api_only = bool(settings.redis_url) and not settings.run_workers  # the models live on the workers
+    engine = RemoteEngine() if api_only else (pipeline_factory or default_pipeline_factory)(settings)
     device_info = engine.device_info()
     limits = FetchLimits.from_settings(settings)
     fetcher = Fetcher(limits, allow_private=settings.allow_private_urls)
     uploader = Uploader(limits, allow_private=settings.allow_private_urls)
-    gate = ModelGate(engine, preload=settings.preload_models)
-    work = JobWork(settings, engine, gate, fetcher, uploader, work_dir / "results")
+    gate = ModelGate(engine, preload=settings.preload_models and not api_only)
+    shared = results_store_from_url(settings.results_url, endpoint_url=settings.s3_endpoint_url) \
+        if settings.results_url else None
+    work = JobWork(settings, engine, gate, fetcher, uploader, work_dir / "results", results=shared)
+    metrics = Metrics()
     auth = make_auth_dependency(settings.api_key)
 
     @asynccontextmanager
@@ -110,29 +119,21 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
             raise RuntimeError(
                 f"another lipsync server is using {work_dir}; give each server its own LIPSYNC_WORK_DIR"
             ) from None
-        store = JobStore(db_path)
-        runner = JobRunner(store, work, scratch_dir=work_dir / "tmp",
-                           workers=_worker_count(settings, device_info), queue_size=settings.queue_size)
-        webhooks = WebhookSender(
-            secret=settings.webhook_secret,
-            payload=lambda record: {"job_id": record.id, **job_view(record)},
-            client_factory=fetcher.client,
-            guard=lambda url: check_url(url, allow_private=settings.allow_private_urls, field="webhook_url"),
-        )
+        webhooks = webhook_sender(settings, fetcher)
         waiters = Waiters()
-        runner.add_listener(waiters)
-        runner.add_listener(webhooks)
+        # Embedded (SQLite + threads) unless LIPSYNC_REDIS_URL names a cluster (see api/backend.py).
+        backend = build_backend(settings, work, sender=webhooks, waiters=waiters, metrics=metrics, gate=gate,
+                                work_dir=work_dir, db_path=db_path, workers=_worker_count(settings, device_info))
+        store, runner = backend.store, backend.runner
         app.state.lipsync = AppState(settings, engine, gate, store, runner, work, webhooks, waiters, fetcher,
-                                     uploader, device_info)
+                                     uploader, device_info, metrics)
         gate.start()
-        runner.start()
-        log.info("lipsync API ready: jobs in %s, work dir %s", db_path, work_dir)
+        backend.start()
+        log.info("lipsync API ready: jobs in %s, work dir %s", "Redis" if settings.redis_url else db_path, work_dir)
         try:
             yield
         finally:
-            runner.stop()
-            webhooks.join()
-            store.close()
+            backend.stop()
             lock.release()
 
     app = FastAPI(
@@ -156,6 +157,7 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
             return error_response(413, "request_too_large", f"request body over {limit} bytes")
         return await call_next(request)
 
+    install_metrics(app, metrics, auth)
     public, private = build_routers(auth)
     app.include_router(public)
     app.include_router(private)
