@@ -313,8 +313,9 @@ def test_upload_job_through_s3_results_store(server: RedisServer, assets: AssetS
                 assert job["status"] == "succeeded", job
                 got = c.get(f"/jobs/{job_id}/result")
                 assert got.status_code == 200 and got.content == media.video.read_bytes()
-                keys = [o["Key"] for o in s3.list_objects_v2(Bucket="shared").get("Contents", [])]
-                assert keys == [f"lipsync/{job_id}.mp4"]  # the uploaded inputs were removed after the job
+                # The uploaded inputs are removed once the job's outcome is recorded.
+                wait_until(lambda: [o["Key"] for o in s3.list_objects_v2(Bucket="shared").get("Contents", [])]
+                           == [f"lipsync/{job_id}.mp4"], 10, "only the result left in the bucket")
                 assert c.delete(f"/jobs/{job_id}").status_code == 200
                 assert c.get(f"/jobs/{job_id}/result").status_code == 404
         finally:

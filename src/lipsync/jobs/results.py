@@ -126,8 +126,11 @@ class S3Results:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         if client is None:
-            import boto3
-
+            try:
+                import boto3
+            except ImportError:
+                raise InputError("LIPSYNC_RESULTS_URL=s3://... needs boto3: pip install 'lipsync[s3]'",
+                                 field="results_url") from None
             client = boto3.client("s3", endpoint_url=endpoint_url)
         self.s3 = client
 
