@@ -337,3 +337,24 @@ def test_worker_cli_refuses_bad_setup(tmp_path: Path) -> None:
     serve = subprocess.run([*run, "serve", "--no-workers"], env=env, capture_output=True, text=True, timeout=60)
     assert serve.returncode == 2 and "LIPSYNC_REDIS_URL" in serve.stderr
 
+
+
+def test_serve_runs_workers_in_process_by_default(cluster: Cluster, assets: AssetServer, media: Media) -> None:
+    """`lipsync serve` in Redis mode without --no-workers: its own threads consume the cluster's queue."""
+    api = cluster.api(LIPSYNC_RUN_WORKERS="true", LIPSYNC_WORKERS="2")
+    with api.client() as c:
+        resp = c.post("/lipsync", json=job_body(assets))  # synchronous: answered when the job is final
+        assert resp.status_code == 200 and resp.json()["status"] == "succeeded", resp.text
+        # Uploaded files reach the workers through the results store: without one, refused up front.
+        files = {"video": ("v.mp4", media.video.read_bytes(), "video/mp4"),
+                 "audio": ("a.wav", media.audio.read_bytes(), "audio/wav")}
+        no_store = cluster.api(LIPSYNC_RESULTS_URL="")
+        with no_store.client() as c2:
+            refused = c2.post("/lipsync/upload", files=files,
+                              data={"options": json.dumps({"upload_url": assets.url("put/x.mp4")})})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "no_results_store", refused.text
+        assert list((no_store.work_dir / "tmp").iterdir()) == []  # the received files were removed
+        s = scrape(api.url + "/metrics")
+    assert metric(s, "lipsync_jobs_total", status="succeeded") == 1
+    assert metric(s, "lipsync_workers_alive") == 1
+    assert metric(s, "lipsync_model_state", state="ready") == 1

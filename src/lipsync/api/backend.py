@@ -19,6 +19,7 @@ from lipsync.config import Settings
 from lipsync.errors import NotReady
 from lipsync.jobs.engine import ModelGate
 from lipsync.jobs.metrics import Metrics
+from lipsync.jobs.queue import JobQueue, JobReader
 from lipsync.jobs.runner import JobRunner, WorkFn
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
@@ -57,8 +58,8 @@ class RemoteEngine:
 
 @dataclass
 class JobBackend:
-    store: Any
-    runner: Any
+    store: JobReader
+    runner: JobQueue
     worker: Any = None
     webhooks: Any = None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from lipsync.config import Settings
+from lipsync.errors import InputError
 from lipsync.jobs.engine import PipelineFactory
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,11 @@ def run_worker(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     metrics = Metrics()
     metrics.watch(model_state=lambda: gate.state, models_loaded=engine.models_loaded)
     if metrics_port:
-        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
+        try:
+            start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
+        except OSError as exc:
+            raise InputError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}; pick another"
+                             " --metrics-port (0: off)", field="--metrics-port") from None
         log.info("worker metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     log.info("loading models on %s", device or settings.device)
     gate.ensure_loaded()  # before the first job: a worker that cannot load its models takes none

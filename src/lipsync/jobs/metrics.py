@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -81,6 +81,7 @@ class Metrics:
         self.workers = Gauge("lipsync_workers_alive", "Workers with a live heartbeat (Redis mode)", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
 
     def watch(self, *, running: Callable[[], float] | None = None, queue_depth: Callable[[], float] | None = None,
               workers: Callable[[], float] | None = None, model_state: Callable[[], str] | None = None,

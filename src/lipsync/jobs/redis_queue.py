@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import redis
 from lipsync.config import Settings
 from lipsync.errors import LipSyncError, NoResultsStore, QueueUnavailable
 from lipsync.jobs.models import JobFailure, JobRecord
+from lipsync.jobs.queue import Listener, notify_listeners
 from lipsync.jobs.redis_store import RedisJobStore, redis_client
 from lipsync.jobs.results import ResultStore
 from lipsync.jobs.webhooks import WebhookSender
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "lipsync_job"
 LOCAL_INPUTS = "local"  # params["inputs"] of an upload job (the same marker as lipsync.api.work)
-
-Listener = Callable[[JobRecord], None]
-
 
 def make_broker(settings: Settings):
     """Dramatiq's Redis broker with our heartbeat and maintenance settings. The middleware is chosen:
@@ -85,8 +83,7 @@ class OnceWebhooks:
         self.store = store
         self.sender = sender
         self.token = uuid.uuid4().hex
-        self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
 
     def deliver_now(self, record: JobRecord) -> None:
         if not record.webhook_url or not record.is_final:
@@ -104,26 +101,17 @@ class OnceWebhooks:
 
     def __call__(self, record: JobRecord) -> None:
         """Deliver in the background (API nodes: a slow receiver must not hold a request)."""
-        t = threading.Thread(target=self._logged, args=(record,), name=f"webhook-{record.id[:8]}", daemon=True)
-        with self._lock:
-            self._threads.add(t)
-        t.start()
+        self._pool.submit(self._logged, record)
 
     def _logged(self, record: JobRecord) -> None:
         try:
             self.deliver_now(record)
         except Exception:
             log.exception("webhook for job %s crashed", record.id)
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
 
     def join(self, timeout: float = 5.0) -> None:
-        with self._lock:
-            threads = list(self._threads)
-        deadline = time.monotonic() + timeout
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        """Wait for the deliveries under way (at shutdown)."""
+        self._pool.shutdown(wait=True, cancel_futures=False)
 
 
 class EventListener:
@@ -227,6 +215,10 @@ class RedisJobQueue:
                 "this cluster has no shared results store (LIPSYNC_RESULTS_URL), so the result must go to"
                 " upload_url; give a presigned PUT URL", field="upload_url")
         local = params.get("inputs") == LOCAL_INPUTS and job_id is not None
+        if local and self.results is None:
+            raise NoResultsStore(
+                "uploaded files reach the workers through the shared results store, and this cluster has none"
+                " (LIPSYNC_RESULTS_URL); send URLs instead", field="video")
         if local and self.results is not None and job_id is not None:
             # The worker runs elsewhere: the received files travel through the shared store.
             folder = self.scratch_for(job_id)
@@ -281,11 +273,7 @@ class RedisJobQueue:
             record = self.store.get(job_id)
         except LipSyncError:
             return
-        for fn in list(self._listeners):
-            try:
-                fn(record)
-            except Exception:
-                log.exception("job listener failed for %s", job_id)
+        notify_listeners(self._listeners, record)
 
     def _sweep(self) -> None:
         """Look at this node's unfinished jobs directly (after a lost pub/sub connection)."""
