@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def test_one_start_per_delivery_and_takeover(store: RedisJobStore) -> None:
     rec = store.create("lipsync", {})
     assert store.start(rec.id, "w1", lost_after=3).state == "started"
     store.heartbeat("w1", 30)
+    store.heartbeat("w9", 0.05)
+    time.sleep(0.1)
+    assert store.workers_alive() == 1  # w9's beat is stale
     # A duplicate delivery while w1 is alive: deferred, not run twice.
     assert store.start(rec.id, "w2", lost_after=3).state == "busy"
     # w1 dies (its liveness key goes): w2 takes over, attempt 2; w1 can no longer report or finish.
@@ -86,6 +90,7 @@ def test_one_start_per_delivery_and_takeover(store: RedisJobStore) -> None:
     assert store.start(rec.id, "w3", lost_after=3).state == "final"
     assert store.finish(rec.id, "failed", error=JobFailure("x", "y")) is None
     assert store.count("running") == 0 and store.count("queued") == 0
+    assert store.workers_alive() == 0
 
 
 def test_worker_lost_after_n_deaths(store: RedisJobStore) -> None:

@@ -167,6 +167,7 @@ class RedisJobStore:
         self.running_key = f"{namespace}:jobs:running"
         self.channel = f"{namespace}:events"
         self.liveness_prefix = f"{namespace}:worker:"
+        self.workers_key = f"{namespace}:workers"
         self._scripts = {name: client.register_script(src) for name, src in (
             ("create", _CREATE), ("start", _START), ("finish", _FINISH), ("requeue", _REQUEUE),
             ("progress", _PROGRESS), ("claim", _CLAIM_WEBHOOK))}
@@ -264,13 +265,20 @@ class RedisJobStore:
         return self.r.hget(self.key(job_id), "status")
 
     def heartbeat(self, worker_id: str, ttl_s: float, info: str = "") -> None:
-        self.r.set(self.liveness_prefix + worker_id, info or "1", px=int(ttl_s * 1000))
+        """The liveness key START checks, and a sorted set of last beats so counting workers needs no scan."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self.liveness_prefix + worker_id, info or "1", px=int(ttl_s * 1000))
+        pipe.zadd(self.workers_key, {worker_id: now + ttl_s})
+        pipe.zremrangebyscore(self.workers_key, 0, now - 86400)  # forget workers gone for a day
+        pipe.execute()
 
     def forget_worker(self, worker_id: str) -> None:
         self.r.delete(self.liveness_prefix + worker_id)
+        self.r.zrem(self.workers_key, worker_id)
 
     def workers_alive(self) -> int:
-        return sum(1 for _ in self.r.scan_iter(match=self.liveness_prefix + "*", count=500))
+        return int(self.r.zcount(self.workers_key, time.time(), "+inf"))
 
     # --- webhooks: one per final state ----------------------------------------------------------------
 
