@@ -77,3 +77,14 @@ def test_observe_final_histograms_and_frames() -> None:
     m.watch(queue_depth=lambda: 1 / 0)
     value = _value(_samples(m.render().decode()), "lipsync_queue_depth")
     assert value != value  # NaN
+
+
+@pytest.mark.gpu
+def test_gpu_memory_gauge_reads_torch() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    block = torch.empty(64 * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
+    s = _samples(Metrics().render().decode())
+    assert _value(s, "lipsync_gpu_memory_used_bytes", device="cuda:0") >= block.numel()
+    assert _value(s, "lipsync_gpu_memory_reserved_bytes", device="cuda:0") >= block.numel()
