@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 # onnxruntime-gpu gives SCRFD/ArcFace the CUDA provider. Both wheels install the same `onnxruntime`
 # module, so the CPU one is removed first rather than overwritten.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[s3]" \
     && pip uninstall -y onnxruntime \
     && pip install --no-cache-dir onnxruntime-gpu
 

@@ -89,6 +89,23 @@ class Settings(BaseSettings):
     http_body_timeout_s: float = Field(30.0, gt=0, description="A request body that stalls this long gets "
                                        "408; JSON bodies must arrive whole within it.")
 
+    # --- scale-out: the distributed queue on Redis (unset: embedded SQLite + threads) ----------------
+    redis_url: str | None = Field(None, description="redis://host:port/db: jobs go through Redis (Dramatiq).")
+    redis_namespace: str = Field("lipsync", min_length=1, description="Prefix of every Redis key.")
+    queue_name: str = Field("lipsync", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Dramatiq queue name.")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="A worker silent this long is dead; its job goes to another.")
+    maintenance_chance: float = Field(
+        0.1, gt=0, le=1, description="Share of broker calls that also requeue dead workers' messages.")
+    worker_lost_after: int = Field(3, ge=1, le=100, description="Worker deaths before a job fails worker_lost.")
+    worker_stop_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM a worker lets its job run this long, then requeues it.")
+    run_workers: bool = Field(True, description="Redis mode: also run workers inside `lipsync serve`.")
+    results_url: str | None = Field(
+        None, description="Shared results store: s3://bucket/prefix or file:///dir (Redis mode).")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto, R2...).")
+    job_ttl_s: float = Field(7 * 86400.0, gt=0, description="Redis mode: how long a finished job record stays.")
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, value: str) -> str:

@@ -236,3 +236,35 @@ class UploadLost(JobError):
 class NotReady(LipSyncError):
     code = "not_ready"
     http_status = 503
+
+
+# --- the distributed queue (LIPSYNC_REDIS_URL) ----------------------------------------------------------
+
+
+class WorkerLost(JobError):
+    """The job's worker died (SIGKILL, out of memory, a crashed driver) as many times as allowed
+    (LIPSYNC_WORKER_LOST_AFTER); the job is not tried again."""
+
+    code = "worker_lost"
+    http_status = 500
+
+
+class QueueUnavailable(JobError):
+    """The Redis queue could not be reached; nothing was queued."""
+
+    code = "queue_unavailable"
+    http_status = 503
+
+
+class NoResultsStore(InputError):
+    """A job without ``upload_url`` on a cluster that has no shared results store to keep it in."""
+
+    code = "no_results_store"
+    http_status = 422
+
+
+class ResultsStoreError(LipSyncError):
+    """The shared results store (LIPSYNC_RESULTS_URL) refused or failed a read or write."""
+
+    code = "results_store_failed"
+    http_status = 502

@@ -19,23 +19,24 @@ from filelock import FileLock, Timeout
 
 from lipsync import __version__
 from lipsync.api.auth import ApiKeyCheck, make_auth_dependency
+from lipsync.api.backend import RemoteEngine, build_backend
 from lipsync.api.errors import install_error_handlers
 from lipsync.api.events import StreamCounter
 from lipsync.api.fetch import Fetcher, FetchLimits
 from lipsync.api.gate import BodyRule, RequestGate
 from lipsync.api.jsonbody import JSONBodyRoute
+from lipsync.api.metrics import install_metrics
 from lipsync.api.netguard import check_url
 from lipsync.api.receive import upload_body_limit
-from lipsync.api.routes import UPLOAD_PATHS, Waiters, build_routers, job_view
+from lipsync.api.routes import UPLOAD_PATHS, Waiters, build_routers
 from lipsync.api.ui import UI_STATIC_PREFIX, mount_ui
 from lipsync.api.upload import Uploader
-from lipsync.api.watch import TransferWatch
 from lipsync.api.work import JobWork
 from lipsync.config import Settings
-from lipsync.errors import FetchTimeout
 from lipsync.jobs.engine import Engine, PipelineFactory, default_pipeline_factory, device_type_for
 from lipsync.jobs.gate import ModelGate, models_needed
-from lipsync.jobs.retention import RetentionSweeper
+from lipsync.jobs.metrics import Metrics
+from lipsync.jobs.results import results_store_from_url
 from lipsync.jobs.runner import JobRunner
 from lipsync.jobs.store import JobStore
 from lipsync.jobs.webhooks import WebhookSender
@@ -74,6 +75,7 @@ class AppState:
     fetcher: Fetcher
     uploader: Uploader
     device_info: dict[str, Any]
+    metrics: Metrics | None = None
     event_streams: StreamCounter = dc_field(default_factory=StreamCounter)
 
     def models_for(self, kind: str, options: TrackOptions | None = None) -> tuple[str, ...]:
@@ -109,13 +111,17 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
     logging.getLogger("httpx").setLevel(logging.WARNING)
     work_dir = Path(settings.work_dir) if settings.work_dir else default_work_dir()
     db_path = Path(settings.jobs_db) if settings.jobs_db else work_dir / "jobs.sqlite3"
-    engine = (pipeline_factory or default_pipeline_factory)(settings)
+    api_only = bool(settings.redis_url) and not settings.run_workers  # the models live on the workers
+    engine = RemoteEngine() if api_only else (pipeline_factory or default_pipeline_factory)(settings)
     device_info = engine.device_info()
     limits = FetchLimits.from_settings(settings)
     fetcher = Fetcher(limits, allow_private=settings.allow_private_urls)
     uploader = Uploader(limits, allow_private=settings.allow_private_urls)
-    gate = ModelGate(engine, preload=settings.preload_models)
-    work = JobWork(settings, engine, gate, fetcher, uploader, work_dir / "results")
+    gate = ModelGate(engine, preload=settings.preload_models and not api_only)
+    shared = results_store_from_url(settings.results_url, endpoint_url=settings.s3_endpoint_url) \
+        if settings.results_url else None
+    work = JobWork(settings, engine, gate, fetcher, uploader, work_dir / "results", results=shared)
+    metrics = Metrics()
     api_key = ApiKeyCheck(settings.api_key)
 
     @asynccontextmanager
@@ -130,37 +136,20 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
             raise RuntimeError(
                 f"another lipsync server is using {work_dir}; give each server its own LIPSYNC_WORK_DIR"
             ) from None
-        store = JobStore(db_path)
-        runner = JobRunner(store, work, scratch_dir=work_dir / "tmp",
-                           workers=_worker_count(settings, device_info), queue_size=settings.queue_size)
-        webhooks = WebhookSender(
-            secret=settings.webhook_secret,
-            payload=lambda record: {"job_id": record.id, **job_view(record)},
-            client_factory=lambda deadline: fetcher.client(TransferWatch(
-                deadline, lambda: FetchTimeout("webhook_url: the receiver did not answer in time",
-                                               field="webhook_url"))),
-            guard=lambda url: check_url(url, allow_private=settings.allow_private_urls, field="webhook_url"),
-            outbox=store,
-        )
-        sweeper = RetentionSweeper(store, work.results_dir, result_ttl_s=settings.result_retention_s,
-                                   row_ttl_s=settings.job_retention_s, interval_s=settings.retention_sweep_s)
         waiters = Waiters()
-        runner.add_listener(waiters)
-        runner.add_listener(webhooks)
-        app.state.lipsync = AppState(settings, engine, gate, store, runner, work, webhooks, waiters, fetcher,
-                                     uploader, device_info)
+        # Embedded (SQLite + threads) unless LIPSYNC_REDIS_URL names a cluster (see api/backend.py).
+        backend = build_backend(settings, work, fetcher=fetcher, waiters=waiters, metrics=metrics, gate=gate,
+                                work_dir=work_dir, db_path=db_path, workers=_worker_count(settings, device_info))
+        store, runner = backend.store, backend.runner
+        app.state.lipsync = AppState(settings, engine, gate, store, runner, work, backend.webhooks, waiters,
+                                     fetcher, uploader, device_info, metrics)
         gate.start()
-        runner.start()  # recovers first: jobs it fails are owed their webhook, sent by resume()
-        webhooks.resume()
-        sweeper.start()
-        log.info("lipsync API ready: jobs in %s, work dir %s", db_path, work_dir)
+        backend.start()
+        log.info("lipsync API ready: jobs in %s, work dir %s", "Redis" if settings.redis_url else db_path, work_dir)
         try:
             yield
         finally:
-            sweeper.stop()
-            runner.stop()
-            webhooks.join()
-            store.close()
+            backend.stop()
             lock.release()
 
     app = FastAPI(
@@ -186,6 +175,7 @@ def create_app(settings: Settings, *, pipeline_factory: PipelineFactory | None =
         rule_for=lambda path: upload_rule if path in UPLOAD_PATHS else json_rule,
     )  # fmt: skip
 
+    install_metrics(app, metrics, make_auth_dependency(api_key))
     public, private = build_routers(make_auth_dependency(api_key), route_class=JSONBodyRoute)
     app.include_router(public)
     app.include_router(private)

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from lipsync import __version__
 from lipsync.api.errors import ResultNotReady, ResultNotStored, Unauthorized, failure_response
@@ -54,6 +54,7 @@ ENDPOINTS = {
     "GET /jobs/{id}": "job status, per-stage progress, result or error",
     "DELETE /jobs/{id}": "cancel a job",
     "GET /jobs/{id}/result": "the output MP4 when no upload_url was given",
+    "GET /metrics": "Prometheus metrics",
     "GET /docs": "OpenAPI documentation with examples",
 }
 
@@ -317,7 +318,7 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
         state = request.app.state.lipsync
         record = await run_in_threadpool(state.runner.cancel, job_id)
         if record.is_final:
-            await run_in_threadpool(state.work.result_path(job_id).unlink, True)
+            await run_in_threadpool(state.work.results.delete, job_id)
         return job_view(record)
 
     @private.get(
@@ -331,12 +332,18 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
         record = await run_in_threadpool(state.store.get, job_id)
         if record.status != "succeeded":
             raise ResultNotReady(f"job {job_id} is {record.status}; the result exists once it succeeded")
-        path = state.work.result_path(job_id)
-        if not path.is_file():
+        results = state.work.results
+        path = await run_in_threadpool(results.local_path, job_id)
+        if path is not None:
+            return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+        chunks = None if (record.result or {}).get("output_url") else await run_in_threadpool(results.open, job_id)
+        if chunks is None:
             if (record.result or {}).get("output_url"):
                 raise ResultNotStored("this job's result was uploaded to its upload_url, not kept here")
             raise ResultNotStored(f"the result of job {job_id} is no longer stored (deleted by DELETE /jobs/{job_id}"
                                   " or by retention: LIPSYNC_RESULT_RETENTION_S)")
-        return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+        # A shared bucket: streamed through this node (the job id stays the only capability needed).
+        return StreamingResponse(iterate_in_threadpool(chunks), media_type="video/mp4",
+                                 headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
     return public, private

@@ -20,6 +20,7 @@ from lipsync.errors import InputError, LipSyncError, UploadLost
 from lipsync.jobs.engine import Engine, device_type_for
 from lipsync.jobs.gate import ModelGate, models_needed
 from lipsync.jobs.models import JobRecord
+from lipsync.jobs.results import DirResults, ResultStore
 from lipsync.jobs.runner import JobContext
 from lipsync.options import LipSyncOptions, TrackOptions, options_from_record, resolve_enhance
 from lipsync.request import LipSyncRequest, TrackingRequest
@@ -80,13 +81,15 @@ def _for_api(exc: LipSyncError, workdir: Path, uploads: dict[str, dict[str, str]
 
 class JobWork:
     def __init__(self, settings: Settings, engine: Engine, gate: ModelGate, fetcher: Fetcher,
-                 uploader: Uploader, results_dir: Path) -> None:
+                 uploader: Uploader, results_dir: Path, *, results: ResultStore | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.gate = gate
         self.fetcher = fetcher
         self.uploader = uploader
         self.results_dir = Path(results_dir)
+        # Embedded: a local folder. A cluster passes its shared store (S3 or a shared directory).
+        self.results: ResultStore = results if results is not None else DirResults(self.results_dir)
 
     def models_for(self, job: JobRecord) -> tuple[str, ...]:
         """The engine models a stored job needs (a missing enhancer must not stop a job without it)."""
@@ -190,8 +193,7 @@ class JobWork:
             self.uploader.upload(out, upload_url, check_stop=ctx.check_cancelled)
             delivered = {"output_url": redact(upload_url), "download_url": None}
         else:
-            self.results_dir.mkdir(parents=True, exist_ok=True)
-            os.replace(out, self.result_path(job.id))
+            self.results.put(job.id, out)
             delivered = {"output_url": None, "download_url": f"/jobs/{job.id}/result"}
         ctx.progress("upload", 1, 1)
         return delivered

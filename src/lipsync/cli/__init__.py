@@ -20,6 +20,7 @@ _SUBCOMMANDS = {
     "track": "lipsync.cli.track:track",
     "run": "lipsync.cli.run:run",
     "serve": "lipsync.cli.serve:serve",
+    "worker": "lipsync.cli.worker:worker",
 }
 
 
