@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lipsync.errors import InputError
+from lipsync.errors import MissingAudio
 from lipsync.options import LipSyncOptions, TrackOptions
 from lipsync.types import Character
 
@@ -36,15 +36,15 @@ class TrackingRequest:
 
 def check_audio_sources(has_main: bool, own_tracks: Sequence[tuple[str, bool]], *, field: str = "audio") -> None:
     """The main audio may be left out only when every character has a track of its own. ``own_tracks``:
-    (character id, whether it has its own track) for each character. Raises InputError naming ``field``."""
+    (character id, whether it has its own track) for each character. Raises MissingAudio naming ``field``."""
     if has_main:
         return
     if not own_tracks:
-        raise InputError(f"{field} is required (without characters the most prominent face follows it)",
+        raise MissingAudio(f"{field} is required (without characters the most prominent face follows it)",
                          field=field)  # fmt: skip
     lacking = [cid for cid, own in own_tracks if not own]
     if lacking:
-        raise InputError(
+        raise MissingAudio(
             f"{field} is required: character{'s' if len(lacking) > 1 else ''} "
             f"{', '.join(repr(c) for c in lacking)} {'have' if len(lacking) > 1 else 'has'} no audio track of "
             "their own; give the main audio, or a track for every character",

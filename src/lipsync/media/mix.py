@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import minimum_filter1d
 
 from lipsync.errors import MediaError
 from lipsync.media.audio import AudioSource
@@ -29,7 +30,7 @@ class Limiter:
 
     def __init__(self, rate: int, channels: int, ceiling: float = CEILING) -> None:
         self.ceiling = float(ceiling)
-        self.look = max(1, round(LOOKAHEAD_S * rate))
+        self.look = 2 * max(1, round(LOOKAHEAD_S * rate / 2))  # even: the sliding minimum below needs it
         self.release = 1.0 / max(1.0, RELEASE_S * rate)  # gain recovered per sample
         self.channels = channels
         # The last 2L samples of input and their needed gains carry over between blocks.
@@ -49,7 +50,8 @@ class Limiter:
         need_all = np.concatenate([self._need, need])
         L = self.look
         # h[k]: the least gain any sample in [k - L, k] needs (a sliding minimum, window L + 1 ending at k).
-        h = np.lib.stride_tricks.sliding_window_view(need_all, L + 1).min(axis=1)[L:]
+        # (origin L/2 puts scipy's odd window of L + 1 samples wholly at and before its centre.)
+        h = minimum_filter1d(need_all, size=L + 1, origin=L // 2, mode="nearest")[2 * L :]
         # Linear release: r[k] = min over m <= k of h[m] + release * (k - m), carried across blocks.
         steps = np.arange(1, n + 1, dtype=np.float64)
         r = np.minimum(np.minimum.accumulate(h - self.release * steps) + self.release * steps,
