@@ -6,15 +6,17 @@
 2. probe the video, decode the driving tracks (the main audio and any character's own stem) into their
    mels and speech spans (voice activity), plan the loop over the longest track;
 3. track the characters over the *source* frames the plan uses (once, not per loop pass);
-4. render (lipsync.render): in bounded batches of output frames, crop each tracked face, run Wav2Lip,
-   paste the mouth back (Poisson, feathered fallback), and optionally enhance the synced faces with GFPGAN;
-5. encode as the frames are finished, with the new audio streamed from its file (at its own rate, up to
-   48 kHz, mono or stereo) and trimmed or padded to the video;
+4. render (lipsync.render): in bounded batches of output frames, crop each tracked face, run Wav2Lip on
+   the mel of the track its character follows (silence-aware, lipsync.stages.silence), paste the mouth
+   back (Poisson, feathered fallback), and optionally enhance the synced faces with GFPGAN;
+5. encode as the frames are finished, with the sound streamed from its file(s): the main audio, else the
+   characters' stems mixed (at the highest rate, up to 48 kHz, mono or stereo), trimmed or padded to the
+   video;
 6. return the output path with statistics.
 
 A request is its input files plus one validated :class:`lipsync.options.LipSyncOptions`; the settings are
 read from it as they are. Memory is bounded by the batch size and a few cached decode blocks, never by the
-video's length; the new audio is held only as its mel spectrogram. Models are loaded on first use and kept
+video's length; each driving track is held only as its mel spectrogram and speech spans. Models are loaded on first use and kept
 on the pipeline, so one pipeline serves many requests; everything about a request stays local to the call.
 """
 
