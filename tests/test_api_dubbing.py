@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api_fixtures import ApiServer, AssetServer, scratch_leftovers
+from api_fixtures import ApiServer, AssetServer, scratch_leftovers, temp_leftovers
 from conftest import shared_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_media]
@@ -180,3 +180,4 @@ def test_upload_bad_character_audio(server, files) -> None:
         err = _error(_upload(c, files, options, [empty]))
         assert err["code"] == "empty_audio" and err["field"] == "character_audio"
     assert scratch_leftovers(server.work_dir) == []
+    assert temp_leftovers(server.env["TMPDIR"]) == []

@@ -15,7 +15,7 @@ import av
 import httpx
 import pytest
 
-from api_fixtures import ApiServer, Media, make_media, scratch_leftovers
+from api_fixtures import ApiServer, Media, make_media, scratch_leftovers, temp_leftovers
 from conftest import shared_file
 from lipsync.api.receive import upload_body_limit
 
@@ -89,9 +89,7 @@ def _no_leftovers(srv: ApiServer, timeout: float = 5.0) -> None:
     while scratch_leftovers(srv.work_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert scratch_leftovers(srv.work_dir) == []
-    # .ses: onnxruntime's telemetry session id, written once when it is imported (by the VAD or the
-    # InsightFace backend of a real pipeline); not job data.
-    assert [p for p in Path(srv.env["TMPDIR"]).iterdir() if p.name != ".ses"] == []
+    assert temp_leftovers(srv.env["TMPDIR"]) == []
 
 
 # --- flows ----------------------------------------------------------------------------------------------
