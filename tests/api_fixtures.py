@@ -474,5 +474,12 @@ def scratch_leftovers(work_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*")) if tmp.exists() else []
 
 
+def temp_leftovers(tmpdir: Path) -> list[str]:
+    """Files left in a server's system temp dir (TMPDIR), which jobs must never use. ``.ses`` is
+    onnxruntime's telemetry session id, written once when it is imported (by the VAD or the InsightFace
+    backend of a real pipeline): not job data."""
+    return sorted(p.name for p in Path(tmpdir).iterdir() if p.name != ".ses")
+
+
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import pytest
 
-from api_fixtures import ApiServer, AssetServer, moto_s3, presigned_put, scratch_leftovers
+from api_fixtures import ApiServer, AssetServer, moto_s3, presigned_put, scratch_leftovers, temp_leftovers
 from conftest import shared_file
 
 pytestmark = pytest.mark.slow
@@ -185,4 +185,4 @@ def test_real_media_errors(real_server: ApiServer, assets: AssetServer, video: s
 
 def test_no_files_left_behind(real_server: ApiServer) -> None:
     assert scratch_leftovers(real_server.work_dir) == []
-    assert list(Path(real_server.env["TMPDIR"]).iterdir()) == []
+    assert temp_leftovers(real_server.env["TMPDIR"]) == []

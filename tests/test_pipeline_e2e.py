@@ -430,11 +430,13 @@ def test_stereo_dub_is_streamed_into_the_output_not_held(tmp_path, media):
 
     from lipsync.media import decode_audio, probe
     from lipsync.pipeline import _Job
+    from lipsync.stages.silence import Voice
     from media_fixtures import write_audio
 
-    # The job keeps the mel only; the track to mux is read from the file while encoding (a long dub's
-    # waveform at 48 kHz stereo would be GBs).
-    assert [f.name for f in fields(_Job) if "ndarray" in str(f.type)] == ["mel"]
+    # The job keeps each track's mel only; the track to mux is read from the file while encoding (a long
+    # dub's waveform at 48 kHz stereo would be GBs).
+    assert [f.name for f in fields(_Job) if "ndarray" in str(f.type)] == []
+    assert [f.name for f in fields(Voice) if "ndarray" in str(f.type)] == ["mel"]
     audio = tmp_path / "dub.m4a"
     write_audio(audio, "ipod", "aac", "fltp", 48000, seconds=1.5, channels=2, stereo_right_gain=0.0)
     result, _ = run(tmp_path, media["one_face"], audio, IdentityGenerator(), loop_mode="none")

@@ -41,6 +41,12 @@ class InputError(LipSyncError):
     http_status = 422
 
 
+class MissingAudio(InputError):
+    """No main audio while some character has no track of its own: a required field left out."""
+
+    code = "validation_error"
+
+
 # --- media ----------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from lipsync.errors import InputError
-from lipsync.types import LoopMode
+from lipsync.types import LoopMode, SilenceMode
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ X264Preset = Literal[
 X264_PRESETS: tuple[str, ...] = get_args(X264Preset)
 
 # Group names in the order the README and --help list them.
-GROUPS: tuple[str, ...] = ("tracking", "generation", "compositing", "output")
+GROUPS: tuple[str, ...] = ("tracking", "generation", "silence", "compositing", "output")
 
 LIPSYNC = "lipsync"
 TRACKING = "tracking"
@@ -107,6 +107,31 @@ class LipSyncOptions(TrackOptions):
         description="Faces per Wav2Lip forward pass (default: LIPSYNC_BATCH_SIZE, else 128 on CUDA, 16 on "
         "CPU).",
         json_schema_extra=_meta("generation", LIPSYNC, cli_aliases=["--batch-size"], none_means="per device"),
+    )  # fmt: skip
+    silence: SilenceMode = Field(
+        "closed",
+        description="What a synced mouth does while its speaker's track is silent (voice activity by "
+        "silero-vad): closed (the generator gets the mel of true silence, so the mouth rests), original "
+        "(the source face is kept untouched) or generate (follow the track as it is, noise included). "
+        "Transitions ramp over 3 frames.",
+        json_schema_extra=_meta("silence", LIPSYNC),
+    )  # fmt: skip
+    vad_threshold: float = Field(
+        0.5, ge=0.05, le=0.95, allow_inf_nan=False,
+        description="Speech probability (0-1) above which a 32 ms chunk starts speech; speech ends below "
+        "this minus 0.15. Lower finds quieter speech.",
+        json_schema_extra=_meta("silence", LIPSYNC),
+    )  # fmt: skip
+    vad_min_speech_ms: int = Field(
+        120, ge=0, le=5000,
+        description="Speech shorter than this many milliseconds (a click, a cough) counts as silence.",
+        json_schema_extra=_meta("silence", LIPSYNC),
+    )  # fmt: skip
+    vad_min_silence_ms: int = Field(
+        300, ge=0, le=10000,
+        description="Pauses shorter than this many milliseconds stay speech (the mouth does not close "
+        "between words).",
+        json_schema_extra=_meta("silence", LIPSYNC),
     )  # fmt: skip
     enhance: EnhanceChoice = Field(
         "auto",

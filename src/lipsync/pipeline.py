@@ -3,23 +3,25 @@
 ``LipSyncPipeline.__call__`` reads top to bottom as numbered steps:
 
 1. check the inputs (errors name the offending field) and load the models, so a missing one fails fast;
-2. probe the video, decode the audio, plan the loop, and take one mel window per output frame;
+2. probe the video, decode the driving tracks (the main audio and any character's own stem) into their
+   mels and speech spans (voice activity), plan the loop over the longest track;
 3. track the characters over the *source* frames the plan uses (once, not per loop pass);
-4. render (lipsync.render): in bounded batches of output frames, crop each tracked face, run Wav2Lip,
-   paste the mouth back (Poisson, feathered fallback), and optionally enhance the synced faces with GFPGAN;
-5. encode as the frames are finished, with the new audio streamed from its file (at its own rate, up to
-   48 kHz, mono or stereo) and trimmed or padded to the video;
+4. render (lipsync.render): in bounded batches of output frames, crop each tracked face, run Wav2Lip on
+   the mel of the track its character follows (silence-aware, lipsync.stages.silence), paste the mouth
+   back (Poisson, feathered fallback), and optionally enhance the synced faces with GFPGAN;
+5. encode as the frames are finished, with the sound streamed from its file(s): the main audio, else the
+   characters' stems mixed (at the highest rate, up to 48 kHz, mono or stereo), trimmed or padded to the
+   video;
 6. return the output path with statistics.
 
 A request is its input files plus one validated :class:`lipsync.options.LipSyncOptions`; the settings are
 read from it as they are. Memory is bounded by the batch size and a few cached decode blocks, never by the
-video's length; the new audio is held only as its mel spectrogram. Models are loaded on first use and kept
+video's length; each driving track is held only as its mel spectrogram and speech spans. Models are loaded on first use and kept
 on the pipeline, so one pipeline serves many requests; everything about a request stays local to the call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -27,11 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from lipsync.audio import num_audio_frames, wav2lip_mel
+from lipsync.audio.vad import VoiceDetector, load_detector
 from lipsync.config import Settings
-from lipsync.errors import InputError, LipSyncError, MediaError
+from lipsync.errors import InputError, MediaError
 from lipsync.faces import FaceBackend, create_face_backend
 from lipsync.media import (
     MediaInfo,
@@ -40,18 +40,17 @@ from lipsync.media import (
     check_job_media,
     check_output_file,
     check_output_frames,
-    decode_audio,
-    probe,
     source_audio_offset,
 )
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
-from lipsync.request import LipSyncRequest
+from lipsync.request import LipSyncRequest, check_audio_sources
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
 from lipsync.stages.frames import sources_needed
 from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator
 from lipsync.stages.looping import plan_loop
+from lipsync.stages.silence import Voice, VoicePlan, load_voice, output_rate
 from lipsync.stages.track import (
     TrackingResult,
     no_face_error,
@@ -70,9 +69,6 @@ log = logging.getLogger(__name__)
 
 #: (stage, done, total). Stages: "prepare", "track", "lipsync", "enhance" (when on), "encode".
 ProgressCallback = Callable[[str, int, int], None]
-
-AUDIO_RATE = 16000  # Wav2Lip's mel spectrogram is defined at 16 kHz
-MAX_OUTPUT_AUDIO_RATE = 48000
 
 # The planned job of a request (kept under this name for callers that inspect it).
 _Job = RenderJob
@@ -96,12 +92,14 @@ def check_request(request: LipSyncRequest) -> None:
     if not isinstance(request.options, LipSyncOptions):
         raise InputError("options must be a lipsync.options.LipSyncOptions", field="options")
     check_exists(request.video, "video")
-    check_exists(request.audio, "audio")
+    if request.audio is not None:
+        check_exists(request.audio, "audio")
     out = Path(request.output)
     if out.suffix.lower() != ".mp4":
         raise InputError(f"output must be an .mp4 file, got {out.name!r}", field="output")
     check_output_file(out)  # a missing folder is created, as `track --out` does
     check_characters(request.characters)
+    check_audio_sources(request.audio is not None, [(c.id, c.audio is not None) for c in request.characters])
 
 
 def check_characters(characters: Sequence[Character]) -> None:
@@ -116,6 +114,9 @@ def check_characters(characters: Sequence[Character]) -> None:
             raise InputError(f"character {ch.id!r} has no reference image", field="characters")
         for img in ch.reference_images:
             check_exists(img, "characters")
+    for i, ch in enumerate(characters):
+        if ch.audio is not None:
+            check_exists(ch.audio, f"characters[{i}].audio")
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------
@@ -142,6 +143,7 @@ class LipSyncPipeline:
         self._generator = generator
         self._enhancer = self._as_enhancer(enhancer) if enhancer is not None else None
         self._face_backend = face_backend
+        self._vad: VoiceDetector | None = None
         self._lock = threading.RLock()
 
     # -- models ---------------------------------------------------------------------------------------
@@ -206,6 +208,13 @@ class LipSyncPipeline:
                 self._enhancer = FaceEnhancer(GFPGANRestorer(net, device, fp16=self.settings.fp16))
             return self._enhancer
 
+    def get_vad(self) -> VoiceDetector:
+        """silero-vad through onnxruntime (its file ships in the silero-vad package), else the energy VAD."""
+        with self._lock:
+            if self._vad is None:
+                self._vad = load_detector()
+            return self._vad
+
     def get_face_backend(self) -> FaceBackend:
         with self._lock:
             if self._face_backend is None:
@@ -251,16 +260,18 @@ class LipSyncPipeline:
 
         # 1. Check the inputs, and load the models (first request only) so a missing one fails fast.
         check_request(request)
-        check_job_media(request.video, request.audio, MediaLimits.from_settings(self.settings))
+        stems = [(c.audio, f"characters[{i}].audio") for i, c in enumerate(request.characters) if c.audio]
+        check_job_media(request.video, request.audio, MediaLimits.from_settings(self.settings), stems)
         with timer("load_models"):
             backend = self.get_face_backend()
             generator = self.get_generator()
             enhancer = self.get_enhancer() if self.enhance_enabled(options) else None
+            vad = self.get_vad()
 
         # 2. Probe and plan: the loop plan, and (per output frame, lazily) the mel window.
         report("prepare", 0, 1)
         with timer("prepare"):
-            job = self._plan(request)
+            job = self._plan(request, vad)
         report("prepare", 1, 1)
         stats.frames, stats.source_frames, stats.tracked_frames = len(job.plan), job.source_frames, job.needed
         stats.fps, stats.loop_mode = float(job.fps), job.mode
@@ -271,12 +282,12 @@ class LipSyncPipeline:
             tracks = run_tracking(job.video, job.info, backend, request.characters, options, job.needed, report)
         if not any(len(t) for t in tracks):
             raise no_face_error(request.characters, options.similarity_threshold, backend)
-        for t in tracks:
+        for index, t in enumerate(tracks):
             if not len(t):
                 log.warning(
                     "character %r (%s) was not found; its frames pass through", t.name, t.character_id
                 )
-            stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
+            stats.characters[t.character_id] = self._character_stats(job, index, t)
 
         # 4 + 5. Generate, composite, enhance and encode, one bounded batch of output frames at a time.
         batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
@@ -298,41 +309,62 @@ class LipSyncPipeline:
 
     # -- steps in detail ------------------------------------------------------------------------------
 
-    def _plan(self, request: LipSyncRequest) -> RenderJob:
+    def _plan(self, request: LipSyncRequest, vad: VoiceDetector) -> RenderJob:
         video = Path(request.video)
         info = probe_video(video, self.settings)
-        audio = Path(request.audio)
-        offset = source_audio_offset(info, audio)
-        mel, num_samples, out_rate = self._load_audio(audio, offset)
+        options = request.options
+        # The driving tracks: the main audio (when given) first, then each character's own stem.
+        voices: list[Voice] = []
+        offset = 0.0
+        if request.audio is not None:
+            # A source's own sound (the video file given as the audio) is lined up with its picture.
+            offset = source_audio_offset(info, Path(request.audio))
+            voices.append(load_voice(Path(request.audio), "audio", vad, options, offset_s=offset))
+        follows = []
+        for i, ch in enumerate(request.characters):
+            if ch.audio is None:
+                follows.append(0)
+                continue
+            follows.append(len(voices))
+            voices.append(load_voice(Path(ch.audio), f"characters[{i}].audio", vad, options))
+        if not request.characters:
+            follows = [0]  # the most prominent face follows the main audio
         source_frames = 1 if info.is_image else info.num_frames
         if source_frames < 1:
             raise MediaError(f"{video.name} has no decodable video frames", field="video")
-        audio_frames = num_audio_frames(num_samples, AUDIO_RATE, info.fps)
+        # The longest track sets the output's length; the loop mode extends the video to it.
+        audio_frames = max(v.frames(info.fps) for v in voices)
         # A still image (or a one-frame clip) is looped to the audio, whatever the loop mode says.
-        mode: LoopMode = "repeat" if source_frames == 1 else request.options.loop_mode
-        plan = plan_loop(source_frames, audio_frames, mode, request.options.crossfade_frames)
+        mode: LoopMode = "repeat" if source_frames == 1 else options.loop_mode
+        plan = plan_loop(source_frames, audio_frames, mode, options.crossfade_frames)
         check_output_frames(len(plan), info.fps, MediaLimits.from_settings(self.settings))
         needed = 1 if source_frames == 1 else sources_needed(plan)
         log.info(
-            "%s: %d source frames at %s fps, audio %.2f s -> %d output frames (%s)",
-            video.name, source_frames, info.fps, num_samples / AUDIO_RATE, len(plan), mode,
+            "%s: %d source frames at %s fps, %d track(s), longest %.2f s -> %d output frames (%s), silence=%s",
+            video.name, source_frames, info.fps, len(voices), max(v.duration_s for v in voices), len(plan),
+            mode, options.silence,
         )  # fmt: skip
-        return RenderJob(video, info, info.fps, source_frames, mode, plan, needed, mel, audio, out_rate, offset)
+        voice_plan = VoicePlan.build(voices, follows, options.silence, info.fps, len(plan))
+        # The output's sound: the main audio is the final mix when given; else the stems are mixed.
+        if request.audio is not None:
+            sound: Path | tuple[tuple[Path, str], ...] = voices[0].path
+            out_rate = output_rate(voices[:1])
+        else:
+            sound = tuple((v.path, v.field) for v in voices)
+            out_rate = output_rate(voices)
+        return RenderJob(video, info, info.fps, source_frames, mode, plan, needed, voice_plan, sound, out_rate,
+                         offset)
 
     @staticmethod
-    def _load_audio(audio: Path, offset_s: float = 0.0) -> tuple[np.ndarray, int, int]:
-        """(mel spectrogram, 16 kHz sample count, rate to mux at: the source's, clamped to 16-48 kHz).
-
-        Only the mel outlives this call: the 16 kHz waveform is dropped here, and the track to mux is
-        streamed from the file by ``_open_audio`` while encoding.
-        """
-        try:
-            wav = decode_audio(audio, sample_rate=AUDIO_RATE, offset_s=offset_s)
-            out_rate = AUDIO_RATE
-            with contextlib.suppress(LipSyncError):
-                native = probe(audio).audio_sample_rate
-                if native:
-                    out_rate = int(min(MAX_OUTPUT_AUDIO_RATE, max(AUDIO_RATE, native)))
-        except MediaError as exc:
-            raise exc.named("audio") from None
-        return wav2lip_mel(wav, AUDIO_RATE), len(wav), out_rate
+    def _character_stats(job: RenderJob, index: int, track: Track) -> CharacterStats:
+        voices = job.voices
+        voice = voices.voices[voices.follows[index]]
+        speech = voices.speech_frames(index)
+        if not len(track) and voice.field != "audio":
+            log.warning("character %r has its own track but no face: its voice is still heard, no mouth "
+                        "follows it", track.character_id)  # fmt: skip
+        return CharacterStats(
+            track.character_id, track.name, speech_frames=speech, silent_frames=len(job.plan) - speech,
+            silence_mode=voices.mode, audio="main" if voice.field == "audio" else "own",
+            vad=voice.speech.detector,
+        )  # fmt: skip

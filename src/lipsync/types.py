@@ -12,6 +12,10 @@ import numpy as np
 LoopMode = Literal["none", "repeat", "pingpong", "crossfade"]
 LOOP_MODES: tuple[str, ...] = get_args(LoopMode)
 
+# What a synced face does while its speaker is silent (see lipsync.stages.silence).
+SilenceMode = Literal["generate", "closed", "original"]
+SILENCE_MODES: tuple[str, ...] = get_args(SilenceMode)
+
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceChoice)
 
@@ -113,6 +117,7 @@ class Character:
     id: str
     name: str
     reference_images: tuple[Path, ...] = ()
+    audio: Path | None = None  # the character's own driving track (a dub's stem); None: the main audio
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,8 +93,9 @@ class AppState:
         allow = self.settings.allow_private_urls
         urls = [("video_url", params.get("video_url")), ("audio_url", params.get("audio_url")),
                 ("upload_url", params.get("upload_url")), ("webhook_url", params.get("webhook_url"))]
-        urls += [(f"characters[{i}].reference_image_url", c.get("reference_image_url"))
-                 for i, c in enumerate(params.get("characters") or [])]
+        for i, c in enumerate(params.get("characters") or []):
+            urls += [(f"characters[{i}].reference_image_url", c.get("reference_image_url")),
+                     (f"characters[{i}].audio_url", c.get("audio_url"))]
         for field, url in urls:
             if url:
                 check_url(url, allow_private=allow, field=field)

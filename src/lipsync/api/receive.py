@@ -26,8 +26,10 @@ from lipsync.api.jsonbody import parse_json
 from lipsync.errors import DownloadTooLarge, NotAMediaFile
 
 # The file parts and what their content must sniff as (the same rules as the *_url downloads).
-_KIND: dict[str, InputKind] = {"video": "video", "audio": "audio", "references": "image"}
+_KIND: dict[str, InputKind] = {"video": "video", "audio": "audio", "references": "image",
+                               "character_audio": "audio"}
 MAX_REFERENCES = 16
+MAX_CHARACTER_AUDIO = 16  # one stem per character, at most 16 characters
 MAX_OPTIONS_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 8 * 1024
 # RFC 2046: 1 to 70 characters from this set (the last not a space).
@@ -36,7 +38,7 @@ _BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?
 
 @dataclass
 class ReceivedFile:
-    part: str  # "video", "audio" or "references"
+    part: str  # "video", "audio", "references" or "character_audio"
     filename: str  # as the client named it (only used to match characters[i].reference and in messages)
     path: Path  # where it was saved: <workdir>/<video|audio|ref<k>>.<sniffed extension>
     size: int = 0
@@ -47,6 +49,7 @@ class Received:
     video: ReceivedFile | None = None
     audio: ReceivedFile | None = None
     references: list[ReceivedFile] = field(default_factory=list)
+    character_audio: list[ReceivedFile] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,6 +107,7 @@ class MultipartReceiver:
     def finish(self, required: tuple[str, ...] = ("video", "audio")) -> Received:
         if not self._ended:
             raise RequestInvalid("the multipart/form-data body ended before its closing boundary")
+        # The main audio may be missing when every character sends its own track (checked with the options).
         for name in required:
             if getattr(self.received, name) is None:
                 raise RequestInvalid(f"{name}: file part required", field=name)
@@ -148,7 +152,8 @@ class MultipartReceiver:
         filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
         if name not in (*_KIND, "options"):
             raise RequestInvalid(
-                f"{name or '(unnamed part)'}: unknown part; send video, audio, references and options",
+                f"{name or '(unnamed part)'}: unknown part; send video, audio, references, character_audio "
+                "and options",
                 field=name or None,
             )
         if name == "options":
@@ -160,6 +165,11 @@ class MultipartReceiver:
             if getattr(self.received, name) is not None:
                 raise RequestInvalid(f"{name}: sent more than once (one file per request)", field=name)
             stem = name
+        elif name == "character_audio":
+            if len(self.received.character_audio) >= MAX_CHARACTER_AUDIO:
+                raise RequestInvalid(f"character_audio: at most {MAX_CHARACTER_AUDIO} files",
+                                     field="character_audio")  # fmt: skip
+            stem = f"voice{len(self.received.character_audio)}"
         else:
             if len(self.received.references) >= MAX_REFERENCES:
                 raise RequestInvalid(f"references: at most {MAX_REFERENCES} reference files", field="references")
@@ -215,6 +225,8 @@ class MultipartReceiver:
         part.saved.size = part.size
         if part.name == "references":
             self.received.references.append(part.saved)
+        elif part.name == "character_audio":
+            self.received.character_audio.append(part.saved)
         else:
             setattr(self.received, part.name, part.saved)
 
@@ -230,7 +242,7 @@ class MultipartReceiver:
 def upload_body_limit(max_file_bytes: int) -> int:
     """The cap on a whole upload request: every file part at its limit, the options, and room for the
     multipart headers and boundaries."""
-    return max_file_bytes * (2 + MAX_REFERENCES) + MAX_OPTIONS_BYTES + 64 * 1024
+    return max_file_bytes * (2 + MAX_REFERENCES + MAX_CHARACTER_AUDIO) + MAX_OPTIONS_BYTES + 64 * 1024
 
 
 def multipart_boundary(content_type: str | None) -> bytes:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lipsync.api.netguard import check_url_syntax
 from lipsync.errors import UnsafeURL
 from lipsync.options import LipSyncOptions, TrackOptions
+from lipsync.request import check_audio_sources
 from lipsync.types import CHARACTER_ID_RULE, is_character_id
 
 EXAMPLE_CHARACTER = {
@@ -53,6 +54,12 @@ class CharacterIn(_Strict):
         ..., description="http(s) URL of a clear frontal photo of this person.",
         examples=["https://example.com/face-reference.jpg"],
     )
+    audio_url: str | None = Field(
+        None, description="http(s) URL of this character's own driving track (a dub's stem): their mouth "
+        "follows it instead of audio_url. Given for every character, audio_url may be left out and the "
+        "stems are mixed into the output's sound.",
+        examples=["https://example.com/speaker-stem.wav"],
+    )
 
     @field_validator("id")
     @classmethod
@@ -63,6 +70,11 @@ class CharacterIn(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         return _http_url(v)
+
+    @field_validator("audio_url")
+    @classmethod
+    def _audio_url(cls, v: str | None) -> str | None:
+        return v if v is None else _http_url(v)
 
 
 def _unique_ids(chars: list[Any]) -> list[Any]:
@@ -143,12 +155,15 @@ class FaceTrackingIn(_JobFields, TrackOptions, _Characters, _VideoURL):
 
 
 class _AudioURL(_Strict):
-    audio_url: str = Field(..., description="http(s) URL of the speech to lip-sync to.")
+    audio_url: str | None = Field(
+        None, description="http(s) URL of the speech to lip-sync to, and the output's sound (the final mix). "
+        "Required unless every character has its own audio_url.",
+    )
 
     @field_validator("audio_url")
     @classmethod
-    def _audio_url(cls, v: str) -> str:
-        return _http_url(v)
+    def _audio_url(cls, v: str | None) -> str | None:
+        return v if v is None else _http_url(v)
 
 
 class LipSyncIn(_JobFields, LipSyncOptions, _Characters, _AudioURL, _VideoURL):
@@ -162,6 +177,12 @@ class LipSyncIn(_JobFields, LipSyncOptions, _Characters, _AudioURL, _VideoURL):
     )
     options_model: ClassVar[type[TrackOptions]] = LipSyncOptions
 
+    def job_params(self, **replace: Any) -> dict[str, Any]:
+        # Checked here rather than in a model validator, whose errors pydantic cannot pin on a field.
+        check_audio_sources(self.audio_url is not None,
+                            [(c.id, c.audio_url is not None) for c in self.characters], field="audio_url")
+        return super().job_params(**replace)
+
 
 class UploadCharacterIn(_Strict):
     """A character of POST /lipsync/upload: its reference photo(s) are uploaded `references` parts,
@@ -172,6 +193,11 @@ class UploadCharacterIn(_Strict):
     reference: str | list[str] = Field(
         ..., description="File name of an uploaded `references` part (or a list of them, several photos of "
         "the same person).", examples=["speaker.jpg"],
+    )
+
+    audio: str | None = Field(
+        None, description="File name of an uploaded `character_audio` part: this character's own driving "
+        "track (a dub's stem).", examples=["speaker-stem.wav"],
     )
 
     @field_validator("id")

@@ -31,15 +31,20 @@ from lipsync.api.receive import (
 from lipsync.api.schemas import EXAMPLE_UPLOAD_OPTIONS, LipSyncUploadOptions, TrackingUploadOptions
 from lipsync.api.work import LOCAL_INPUTS
 from lipsync.jobs.models import JobRecord, new_job_id
+from lipsync.request import check_audio_sources
 
 log = logging.getLogger(__name__)
 
 UPLOAD_DESCRIPTION = f"""Lip-sync uploaded files instead of URLs. The body is `multipart/form-data` with these parts:
 
 * `video` (file, required): the input video, or a still image.
-* `audio` (file, required): the speech to lip-sync to (a video file's audio track works too).
+* `audio` (file): the speech to lip-sync to (a video file's audio track works too), and the output's sound.
+  Required unless every character names its own `character_audio` file.
 * `references` (file, zero or more, at most {MAX_REFERENCES}): reference photos; characters name them by
   their file names.
+* `character_audio` (file, zero or more): the characters' own driving tracks (a dub's stems); a
+  character names one by its file name in `characters[].audio`. Without `audio` they are mixed into the
+  output's sound.
 * `options` (JSON text, optional, at most {MAX_OPTIONS_BYTES // 1024} KiB): the fields of `POST /lipsync`
   except `video_url`/`audio_url`, with `characters[].reference` (a file name or a list of file names of
   `references` parts) in place of `reference_image_url`. `upload_url`, `webhook_url` and `"async": true`
@@ -59,11 +64,14 @@ UPLOAD_OPENAPI: dict[str, Any] = {
         "content": {"multipart/form-data": {
             "schema": {
                 "type": "object",
-                "required": ["video", "audio"],
+                "required": ["video"],
                 "properties": {
                     "video": {"type": "string", "format": "binary",
                               "description": "The input video (or a still image)."},
-                    "audio": {"type": "string", "format": "binary", "description": "The speech to lip-sync to."},
+                    "audio": {"type": "string", "format": "binary", "description": "The speech to lip-sync to "
+                              "(required unless every character has its own character_audio file)."},
+                    "character_audio": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                        "description": "Characters' own tracks, named by characters[].audio."},
                     "references": {"type": "array", "items": {"type": "string", "format": "binary"},
                                    "description": "Reference photos, named by characters[].reference."},
                     "options": {"type": "string",
@@ -80,7 +88,8 @@ UPLOAD_OPENAPI: dict[str, Any] = {
 
 # kind -> (the options part's model, the file parts that must be there)
 _KINDS: dict[str, tuple[type[LipSyncUploadOptions] | type[TrackingUploadOptions], tuple[str, ...]]] = {
-    "lipsync": (LipSyncUploadOptions, ("video", "audio")),
+    # The main audio may be left out when every character sends its own track (checked with the options).
+    "lipsync": (LipSyncUploadOptions, ("video",)),
     "face_tracking": (TrackingUploadOptions, ("video",)),
 }
 
@@ -124,13 +133,44 @@ def _validate(model: type[Any], options: dict[str, Any]) -> Any:
         raise RequestValidationError(exc.errors()) from None
 
 
-def _params(received: Received, options: LipSyncUploadOptions | TrackingUploadOptions) -> dict[str, Any]:
+def _by_name(files: list[ReceivedFile], part: str) -> dict[str, ReceivedFile]:
     by_name: dict[str, ReceivedFile] = {}
-    for ref in received.references:
-        if ref.filename in by_name:
-            raise RequestInvalid(f"references: two files are named {ref.filename!r}; characters name them by "
-                                 "file name, so names must be unique", field="references")
-        by_name[ref.filename] = ref
+    for f in files:
+        if f.filename in by_name:
+            raise RequestInvalid(f"{part}: two files are named {f.filename!r}; characters name them by "
+                                 "file name, so names must be unique", field=part)
+        by_name[f.filename] = f
+    return by_name
+
+
+def _stems(received: Received, options: LipSyncUploadOptions) -> dict[str, str]:
+    """character id -> the scratch name of its own track; every uploaded track must be named."""
+    stems = _by_name(received.character_audio, "character_audio")
+    out: dict[str, str] = {}
+    for i, ch in enumerate(options.characters):
+        if ch.audio is None:
+            continue
+        if ch.audio not in stems:
+            sent = ", ".join(repr(n) for n in stems) or "none"
+            raise RequestInvalid(f"characters[{i}].audio: no uploaded character_audio file is named "
+                                 f"{ch.audio!r} (uploaded: {sent})", field=f"characters[{i}].audio")  # fmt: skip
+        out[ch.id] = stems[ch.audio].path.name
+    named = {ch.audio for ch in options.characters}
+    for name in stems:
+        if name not in named:
+            ids = ", ".join(repr(c.id) for c in options.characters) or "none"
+            raise RequestInvalid(
+                f"character_audio: the file {name!r} is named by no character's audio (characters: {ids}); "
+                "name it in characters[].audio of the character it belongs to", field="character_audio",
+            )
+    check_audio_sources(received.audio is not None, [(c.id, c.id in out) for c in options.characters])
+    return out
+
+
+def _params(received: Received, options: LipSyncUploadOptions | TrackingUploadOptions) -> dict[str, Any]:
+    by_name = _by_name(received.references, "references")
+    # Driving tracks belong to lip-sync jobs; a tracking job has no audio to check.
+    stems = _stems(received, options) if isinstance(options, LipSyncUploadOptions) else {}
     characters = []
     for i, ch in enumerate(options.characters):
         for name in ch.references:
@@ -140,10 +180,11 @@ def _params(received: Received, options: LipSyncUploadOptions | TrackingUploadOp
                     f"characters[{i}].reference: no uploaded references file is named {name!r}"
                     f" (uploaded: {sent})", field=f"characters[{i}].reference",
                 )
-        characters.append({"id": ch.id, "name": ch.name,
+        characters.append({"id": ch.id, "name": ch.name, "audio_file": stems.get(ch.id),
                            "reference_files": [by_name[n].path.name for n in ch.references]})
     assert received.video is not None  # finish() checked
-    files = [f for f in (received.video, received.audio) if f is not None] + list(received.references)
+    main = [received.audio] if received.audio is not None else []
+    files = [received.video, *main, *received.references, *received.character_audio]
     return options.job_params(
         characters=characters,
         inputs=LOCAL_INPUTS,

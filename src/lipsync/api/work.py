@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 _FIELD_NAMES = {"video": "video_url", "audio": "audio_url", "output": "upload_url"}
 
 
-# Downloaded inputs are saved as video.<ext>, audio.<ext>, ref<i>.<ext> (see JobWork._download).
-_SCRATCH_NAME = re.compile(r"'?\b(video|audio|ref(\d+))\.[a-z0-9]{2,4}\b'?")
+# Downloaded inputs are saved as video.<ext>, audio.<ext>, ref<i>.<ext>, voice<i>.<ext> (see
+# JobWork._download).
+_SCRATCH_NAME = re.compile(r"'?\b(video|audio|ref(\d+)|voice(\d+))\.[a-z0-9]{2,4}\b'?")
+# The pipeline names a character's stem characters[i].audio.
+_STEM_FIELD = re.compile(r"characters\[(\d+)\]\.audio")
 
 
 # The same for jobs whose inputs were uploaded (POST /lipsync/upload): its parts are named video, audio
@@ -47,6 +50,8 @@ LOCAL_INPUTS = "local"
 def _scratch_field(match: re.Match) -> str:
     if match.group(2) is not None:
         return f"characters[{match.group(2)}].reference_image_url"
+    if match.group(3) is not None:
+        return f"characters[{match.group(3)}].audio_url"
     return f"{match.group(1)}_url"
 
 
@@ -58,6 +63,8 @@ def _for_api(exc: LipSyncError, workdir: Path, uploads: dict[str, dict[str, str]
     names = _FIELD_NAMES if uploads is None else _UPLOAD_FIELD_NAMES
     if exc.field in names:
         exc.field = names[exc.field]
+    elif exc.field and _STEM_FIELD.fullmatch(exc.field):
+        exc.field = f"{exc.field}_url" if uploads is None else "character_audio"
     message = exc.message.replace(f"{workdir}{os.sep}", "").replace(str(workdir), "")
     named: set[str] = set()
 
@@ -120,10 +127,12 @@ class JobWork:
         if p.get("inputs") == LOCAL_INPUTS:
             return self._received(p, ctx)
         wanted: list[tuple[str, str, str, str]] = [("video_url", p["video_url"], "video", "video")]
-        if audio:
+        if audio and p.get("audio_url"):
             wanted.append(("audio_url", p["audio_url"], "audio", "audio"))
         for i, ch in enumerate(p.get("characters") or []):
             wanted.append((f"characters[{i}].reference_image_url", ch["reference_image_url"], "image", f"ref{i}"))
+            if audio and ch.get("audio_url"):
+                wanted.append((f"characters[{i}].audio_url", ch["audio_url"], "audio", f"voice{i}"))
         paths: dict[str, Path] = {}
         ctx.progress("download", 0, len(wanted))
         for n, (field, url, kind, stem) in enumerate(wanted, 1):
@@ -134,7 +143,8 @@ class JobWork:
             ctx.progress("download", n, len(wanted))
         characters = tuple(
             Character(id=ch["id"], name=ch.get("name") or ch["id"],
-                      reference_images=(paths[f"characters[{i}].reference_image_url"],))
+                      reference_images=(paths[f"characters[{i}].reference_image_url"],),
+                      audio=paths.get(f"characters[{i}].audio_url"))
             for i, ch in enumerate(p.get("characters") or [])
         )
         return paths["video_url"], paths.get("audio_url"), characters
@@ -145,6 +155,8 @@ class JobWork:
         wanted = [("video", p["video_file"])] + ([("audio", p["audio_file"])] if p.get("audio_file") else [])
         for ch in p.get("characters") or []:
             wanted += [("references", name) for name in ch["reference_files"]]
+            if ch.get("audio_file"):
+                wanted.append(("character_audio", ch["audio_file"]))
         ctx.progress("download", 0, len(wanted))
         for n, (field, name) in enumerate(wanted, 1):
             ctx.check_cancelled()
@@ -160,7 +172,8 @@ class JobWork:
             ctx.progress("download", n, len(wanted))
         characters = tuple(
             Character(id=ch["id"], name=ch.get("name") or ch["id"],
-                      reference_images=tuple(self._scratch_file(ctx, name) for name in ch["reference_files"]))
+                      reference_images=tuple(self._scratch_file(ctx, name) for name in ch["reference_files"]),
+                      audio=self._scratch_file(ctx, ch["audio_file"]) if ch.get("audio_file") else None)
             for ch in p.get("characters") or []
         )
         audio = self._scratch_file(ctx, p["audio_file"]) if p.get("audio_file") else None
@@ -203,8 +216,6 @@ class JobWork:
         # Re-validated before any download: a record may come from an older version (flat fields).
         options = options_from_record(p, LipSyncOptions)
         video, audio, characters = self._download(p, ctx, audio=True)
-        if audio is None:  # cannot happen: requested above; keeps the type checker honest
-            raise InputError("audio_url is required", field="audio_url")
         request = LipSyncRequest(video, audio, ctx.workdir / "output.mp4", characters, options)
         output = self.engine.lipsync(request, ctx.progress)
         ctx.check_cancelled()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,6 +80,33 @@ def error_line(exc: LipSyncError, field: str | None = None) -> str:
     """The one-line form of an error every command prints: ``error (code) [field]: message``."""
     where = field or exc.field
     return f"error ({exc.code})" + (f" [{where}]" if where else "") + f": {exc.message}"
+
+
+def attach_character_audio(
+    characters: tuple[Character, ...], values: tuple[str, ...] | list[str]
+) -> tuple[Character, ...]:
+    """``ID=PATH`` strings (``--character-audio``) -> the characters with their own driving tracks.
+    Raises click.BadParameter naming the value: an unknown ID, an ID given twice, a missing file."""
+    tracks: dict[str, Path] = {}
+    known = {c.id for c in characters}
+    for value in values:
+        cid, sep, path_text = value.partition("=")
+        cid, path_text = cid.strip(), path_text.strip()
+        if not sep or not cid or not path_text:
+            raise click.BadParameter(f"{value!r} is not ID=PATH (e.g. host=stems/jane.wav)",
+                                     param_hint="--character-audio")  # fmt: skip
+        if cid not in known:
+            given = ", ".join(repr(c) for c in sorted(known)) or "none (add --character ID:NAME:IMAGE)"
+            raise click.BadParameter(f"{value!r}: no character has the ID {cid!r} (characters: {given})",
+                                     param_hint="--character-audio")  # fmt: skip
+        if cid in tracks:
+            raise click.BadParameter(f"{value!r}: character {cid!r} already has an audio track",
+                                     param_hint="--character-audio")  # fmt: skip
+        path = Path(path_text).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(f"{value!r}: audio file {path} does not exist", param_hint="--character-audio")
+        tracks[cid] = path
+    return tuple(replace(c, audio=tracks.get(c.id, c.audio)) for c in characters)
 
 
 def echo_error(exc: LipSyncError, field: str | None = None) -> None:

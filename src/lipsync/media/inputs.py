@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,22 +43,25 @@ def probe_input(
 @dataclass(frozen=True)
 class JobMedia:
     video: MediaInfo
-    audio: MediaInfo
+    audio: MediaInfo | None  # the main audio; None when only the characters' stems drive the job
     output_frames: int  # what the audio's declared length gives at the video's decode rate
 
 
 def check_job_media(
-    video: str | os.PathLike[str], audio: str | os.PathLike[str], limits: MediaLimits
+    video: str | os.PathLike[str], audio: str | os.PathLike[str] | None, limits: MediaLimits,
+    stems: Sequence[tuple[str | os.PathLike[str], str]] = (),
 ) -> JobMedia:
-    """Probe a lip-sync job's two inputs and bound its output: frames = the audio's length x the video's
-    decode rate, at most ``max_duration_s`` of them. Refuses over-limit, damaged (cut WAV), wrong-rate
-    or stream-less inputs before a frame is decoded."""
+    """Probe a lip-sync job's inputs and bound its output: frames = the longest driving track's length x
+    the video's decode rate, at most ``max_duration_s`` of them. Refuses over-limit, damaged (cut WAV),
+    wrong-rate or stream-less inputs before a frame is decoded. ``stems``: the characters' own tracks,
+    as (path, field); the main ``audio`` may be None when every character has one."""
     vinfo = probe_input(video, limits, "video", need="video")
-    ainfo = probe_input(audio, limits, "audio", need="audio")
-    seconds = ainfo.audio_duration if ainfo.audio_duration is not None else ainfo.duration
+    tracks = ([(audio, "audio")] if audio is not None else []) + list(stems)
+    infos = [probe_input(path, limits, field, need="audio") for path, field in tracks]
+    seconds = max((i.audio_duration if i.audio_duration is not None else i.duration) for i in infos) if infos else 0
     frames = math.ceil(seconds * vinfo.fps)
     check_output_frames(frames, vinfo.fps, limits)
-    return JobMedia(vinfo, ainfo, frames)
+    return JobMedia(vinfo, infos[0] if infos else None, frames)
 
 
 def check_image_header(path: str | os.PathLike[str], limits: MediaLimits, field: str = "characters") -> None:

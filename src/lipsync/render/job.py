@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.media import MediaInfo
+from lipsync.stages.silence import VoicePlan
 from lipsync.types import Box, LoopMode, PlanFrame
 
 
@@ -24,10 +25,10 @@ class RenderJob:
     mode: LoopMode
     plan: Sequence[PlanFrame]
     needed: int  # leading source frames the plan uses (tracking reads only these)
-    mel: np.ndarray  # (80, T) for the whole new audio
-    # The track to mux is re-read from this file while encoding, never held: a 3-hour dub at 48 kHz
-    # stereo would be GBs.
-    audio: Path
+    voices: VoicePlan  # the driving tracks' mels and speech weights, and who follows which
+    # The sound to mux is re-read from its file(s) while encoding, never held: a 3-hour dub at 48 kHz
+    # stereo would be GBs. One path: the main audio; (path, field) pairs: the stems, mixed.
+    audio: Path | tuple[tuple[Path, str], ...]
     out_rate: int
     audio_offset: float = 0.0  # source_audio_offset: nonzero when the audio is the video's own sound
 
@@ -38,3 +39,4 @@ class FaceJob:
     character: int  # index into tracks
     box: Box  # padded integer box inside the frame
     landmarks: np.ndarray
+    weight: float = 1.0  # how much of the synced face shows; below 1 it fades toward the source (silence)

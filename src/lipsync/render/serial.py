@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lipsync.audio import mel_batch
 from lipsync.errors import MediaError
 from lipsync.media import AudioSource, FrameReader, MediaInfo, VideoWriter, iter_frames
+from lipsync.media.mix import MixedAudioSource
 from lipsync.options import LipSyncOptions
 from lipsync.render.job import FaceJob, RenderJob
 from lipsync.render.stats import PipelineStats, StageTimer
@@ -27,6 +27,7 @@ from lipsync.stages.encode import BackgroundEncoder
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import point_for, render_plan_frame
 from lipsync.stages.lipsync import MouthGenerator, postprocess_face, prepare_face
+from lipsync.stages.silence import VoicePlan, fade_face
 from lipsync.types import Track
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -70,12 +71,16 @@ def render(
                 stop = min(num_out, start + chunk)
                 with timer("decode"):
                     frames = [render_plan_frame(get_frame, job.plan[i]) for i in range(start, stop)]
-                jobs = face_jobs(job.plan, start, stop, tracks, options.pads_tuple, width, height, stats)
+                jobs = face_jobs(
+                    job.plan, start, stop, tracks, options.pads_tuple, width, height, stats, job.voices
+                )
                 if jobs:
                     sync_faces(frames, jobs, start, job, generator, batch, options, timer, stats, pool)
                     if enhancer is not None:
                         with timer("enhance"):
-                            stats.enhanced += enhancer(frames, [(j.slot, j.landmarks) for j in jobs])
+                            # Faces fading toward the source (silence=original) stay as blended.
+                            faces = [(j.slot, j.landmarks) for j in jobs if j.weight >= 1.0]
+                            stats.enhanced += enhancer(frames, faces)
                 with timer("encode_wait"):  # only when the encoder is a batch behind
                     encoder.put(frames)
                 report("lipsync", stop, num_out)
@@ -94,9 +99,13 @@ def render(
     report("encode", 1, 1)
 
 
-def open_audio(audio: Path, rate: int, offset_s: float = 0.0) -> AudioSource:
+def open_audio(
+    audio: Path | tuple[tuple[Path, str], ...], rate: int, offset_s: float = 0.0
+) -> AudioSource | MixedAudioSource:
     """The new audio, streamed at ``rate`` for the writer; mono or stereo as the source (surround is
-    folded to stereo). The caller closes it."""
+    folded to stereo). (path, field) pairs: the characters' stems, mixed. The caller closes it."""
+    if isinstance(audio, tuple):
+        return MixedAudioSource.open(audio, rate)
     try:
         return AudioSource.open(audio, rate, mono=False, offset_s=offset_s)
     except MediaError as exc:
@@ -117,7 +126,7 @@ def frame_source(video: Path, info: MediaInfo, stack: contextlib.ExitStack) -> C
 
 def face_jobs(
     plan: Sequence, start: int, stop: int, tracks: Sequence[Track], pads: tuple[int, int, int, int],
-    width: int, height: int, stats: PipelineStats,
+    width: int, height: int, stats: PipelineStats, voices: VoicePlan | None = None,
 ) -> list[FaceJob]:  # fmt: skip
     jobs: list[FaceJob] = []
     for slot, i in enumerate(range(start, stop)):
@@ -127,11 +136,13 @@ def face_jobs(
             point = point_for(track, plan_frame)
             box = point.box.padded(pads, width, height) if point is not None else None
             # A face too small (or clipped away) to crop passes through like an absent one.
-            if box is None or box.width < 4 or box.height < 4:
+            # A silent speaker's face passes through too in silence=original mode (weight 0).
+            weight = voices.face_weight(ci, i) if voices is not None else 1.0
+            if box is None or box.width < 4 or box.height < 4 or weight <= 0.0:
                 cstats.frames_passed_through += 1
                 continue
             cstats.frames_synced += 1
-            jobs.append(FaceJob(slot, ci, box, point.landmarks))
+            jobs.append(FaceJob(slot, ci, box, point.landmarks, weight))
     return jobs
 
 
@@ -142,7 +153,8 @@ def sync_faces(
     """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
     with timer("prepare_faces"):
         faces = np.stack([prepare_face(frames[j.slot], j.box) for j in jobs])
-        mels = mel_batch(job.mel, [start + j.slot for j in jobs], job.fps)
+        # Each face's window comes from its own character's track (gated by silence=closed).
+        mels = job.voices.mel_windows([j.character for j in jobs], [start + j.slot for j in jobs])
     with timer("generate"):
         generated = np.concatenate(
             [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
@@ -158,7 +170,7 @@ def sync_faces(
             result = composite_face(
                 frame, postprocess_face(face, face_job.box), face_job.box, poisson=options.poisson_blending
             )
-            frame = result.frame
+            frame = fade_face(frame, result.frame, face_job.box, face_job.weight)
             methods.append(result.method)
         return slot, frame, methods
 

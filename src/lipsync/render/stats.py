@@ -13,7 +13,12 @@ class CharacterStats:
     id: str
     name: str
     frames_synced: int = 0
-    frames_passed_through: int = 0
+    frames_passed_through: int = 0  # no face, or silent in silence=original mode
+    speech_frames: int = 0  # output frames where this character's track has speech
+    silent_frames: int = 0
+    silence_mode: str = ""
+    audio: str = "main"  # the track it follows: "main" or "own"
+    vad: str = ""  # the voice activity detector that ran: "silero", or "energy" (the fallback)
 
 
 @dataclass
