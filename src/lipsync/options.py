@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 EnhanceChoice = Literal["auto", "on", "off"]
 ENHANCE_CHOICES: tuple[str, ...] = get_args(EnhanceChoice)
 
+DetectAngles = Literal["upright", "fallback"]
+DETECT_ANGLES: tuple[str, ...] = get_args(DetectAngles)
+
 X264Preset = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
 ]
@@ -77,6 +80,13 @@ class TrackOptions(_Options):
         description="Detect faces every N frames (and at shot changes); boxes are interpolated in between.",
         json_schema_extra=_meta("tracking", LIPSYNC, TRACKING),
     )  # fmt: skip
+    detect_angles: DetectAngles = Field(
+        "upright",
+        description="upright: detect faces in the frame as it is; fallback: when a sampled frame has no "
+        "confident face, also try it turned by 90, 180 and 270 degrees (up to 3 more detections on such "
+        "frames; for phone videos filmed sideways or upside down).",
+        json_schema_extra=_meta("tracking", LIPSYNC, TRACKING),
+    )  # fmt: skip
     shot_change_threshold: float = Field(
         0.3, ge=0.01, le=1.0, allow_inf_nan=False,
         description="Histogram distance (0-1) above which a frame starts a new shot and is detected anew.",
@@ -115,6 +125,19 @@ class LipSyncOptions(TrackOptions):
     )  # fmt: skip
     poisson_blending: bool = Field(
         True, description="Blend the mouth in with Poisson (seamless) cloning; false: a feathered paste.",
+        json_schema_extra=_meta("compositing", LIPSYNC),
+    )  # fmt: skip
+    occlusion_mask: EnhanceChoice = Field(
+        "auto",
+        description="Keep the mouth off whatever covers the face (a hand, a microphone) with the BiSeNet "
+        "face-parsing model: auto (on when its weights are in the models folder), on (fetched if "
+        "missing) or off.",
+        json_schema_extra=_meta("compositing", LIPSYNC),
+    )  # fmt: skip
+    mask_shrink: float = Field(
+        0.0, ge=0.0, le=0.5, allow_inf_nan=False,
+        description="Shrink the pasted lower-face ellipse by this fraction (0-0.5), its top kept, so the "
+        "generated patch stays off the jaw line.",
         json_schema_extra=_meta("compositing", LIPSYNC),
     )  # fmt: skip
     crf: int = Field(

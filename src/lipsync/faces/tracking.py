@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from lipsync.faces.angles import AngleDetector
 from lipsync.faces.backend import FaceBackend, embed_faces, similarity_matrix
 from lipsync.faces.matching import CharacterRef, build_references, match_faces
+from lipsync.faces.pose import roll_degrees
 from lipsync.faces.smoothing import contiguous_runs, smooth_segment
 from lipsync.options import TrackOptions
 from lipsync.types import Box, Character, Face, Pads, Track, TrackPoint
@@ -51,7 +53,12 @@ log = logging.getLogger(__name__)
 
 # The job settings this tracker takes; their defaults and ranges are declared once, in lipsync.options.
 _JOB = TrackOptions()
-_JOB_KNOBS = ("similarity_threshold", "temporal_smoothing", "sample_every", "shot_change_threshold")
+_JOB_KNOBS = (
+    "similarity_threshold", "temporal_smoothing", "sample_every", "shot_change_threshold", "detect_angles",
+)  # fmt: skip
+#: Consecutive observations whose roll differs by more than this are a rotation jump (the face was found
+#: at another quarter turn, or the camera turned): no interpolation or smoothing across it.
+ROLL_JUMP_DEG = 30.0
 
 ANONYMOUS_ID = "face"
 
@@ -71,6 +78,7 @@ class TrackingOptions:
     # Measured on the shared talking-head clips: <= 0.06 within a shot, >= 0.8 across clips. A missed cut
     # costs wrong boxes for up to sample_every frames, a false one a single extra detection: err low.
     shot_change_threshold: float = _JOB.shot_change_threshold
+    detect_angles: str = _JOB.detect_angles
     refine_transitions: bool = True
     continuity_iou: float = 0.5
     continuity_margin: float = 0.1
@@ -165,6 +173,7 @@ class _Analysis:
 class _Tracker:
     def __init__(self, backend: FaceBackend, refs: Sequence[CharacterRef], options: TrackingOptions) -> None:
         self.backend = backend
+        self.detector = AngleDetector(backend, fallback=options.detect_angles == "fallback")
         self.options = options
         self.every = int(options.sample_every)
         self.buffer_stride = max(1, -(-(self.every - 1) // int(options.max_buffered_frames)))
@@ -212,7 +221,7 @@ class _Tracker:
 
     def _analyse(self, index: int, frame: np.ndarray) -> _Analysis:
         self.detections += 1
-        faces = self.backend.detect(frame)
+        faces = self.detector.detect(frame)
         if not faces:
             return _Analysis({}, [])
         embs = embed_faces(self.backend, frame, faces)
@@ -338,14 +347,19 @@ class _Tracker:
             b = ident.present.get(q) if q is not None else None
             if b is None or q - p < 2 or not self._same_shot(p, q):
                 continue
+            # Across a rotation jump each frame holds the nearer observation: a blend of two
+            # orientations is neither face.
+            jump = _jump(roll_degrees(a.landmarks), roll_degrees(b.landmarks))
             for f in range(p + 1, q):
                 t = (f - p) / (q - p)
-                raw[f] = _lerp(a, b, t)
+                raw[f] = (a if t < 0.5 else b) if jump else _lerp(a, b, t)
                 interpolated.add(f)
         frames = sorted(raw)
+        rolls = {f: roll_degrees(raw[f].landmarks) for f in frames}
+        breaks = set(self.cuts) | {f for f in frames if f - 1 in raw and _jump(rolls[f - 1], rolls[f])}
         strength = self.options.temporal_smoothing
         w, h = self.size or (0, 0)
-        for run in contiguous_runs(frames, frozenset(self.cuts)):
+        for run in contiguous_runs(frames, frozenset(breaks)):
             boxes = np.array([raw[f].box.as_list() for f in run], dtype=np.float64)
             lms = np.array([raw[f].landmarks.reshape(-1) for f in run], dtype=np.float64)
             if strength > 0 and len(run) >= 3:
@@ -366,6 +380,10 @@ class _Tracker:
                     interpolated=f in interpolated,
                 )
         return track
+
+
+def _jump(roll_a: float, roll_b: float) -> bool:
+    return abs((roll_a - roll_b + 180.0) % 360.0 - 180.0) > ROLL_JUMP_DEG
 
 
 def _lerp(a: _Obs, b: _Obs, t: float) -> _Obs:

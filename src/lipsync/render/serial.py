@@ -18,15 +18,16 @@ import numpy as np
 
 from lipsync.audio import mel_batch
 from lipsync.errors import MediaError
+from lipsync.faces.pose import estimate_pose
 from lipsync.media import AudioSource, FrameReader, MediaInfo, VideoWriter, iter_frames
 from lipsync.options import LipSyncOptions
 from lipsync.render.job import FaceJob, RenderJob
 from lipsync.render.stats import PipelineStats, StageTimer
-from lipsync.stages.composite import composite_face
+from lipsync.stages.align_crop import crop_face, crop_mask, face_crop, paste_face
 from lipsync.stages.encode import BackgroundEncoder
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import point_for, render_plan_frame
-from lipsync.stages.lipsync import MouthGenerator, postprocess_face, prepare_face
+from lipsync.stages.lipsync import MouthGenerator
 from lipsync.types import Track
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -123,13 +124,15 @@ def face_jobs(
         for ci, track in enumerate(tracks):
             cstats = stats.characters[track.character_id]
             point = point_for(track, plan_frame)
-            box = point.box.padded(pads, width, height) if point is not None else None
+            crop = face_crop(point.box, point.landmarks, pads, width, height) if point is not None else None
             # A face too small (or clipped away) to crop passes through like an absent one.
-            if box is None or box.width < 4 or box.height < 4:
+            if crop is None:
                 cstats.frames_passed_through += 1
                 continue
             cstats.frames_synced += 1
-            jobs.append(FaceJob(slot, ci, box, point.landmarks))
+            cstats.frames_rotated += not crop.upright
+            cstats.frames_beyond_pose_limit += estimate_pose(point.landmarks).beyond_limits()
+            jobs.append(FaceJob(slot, ci, crop.box, point.landmarks, crop))
     return jobs
 
 
@@ -139,23 +142,23 @@ def sync_faces(
 ) -> None:  # fmt: skip
     """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
     with timer("prepare_faces"):
-        faces = np.stack([prepare_face(frames[j.slot], j.box) for j in jobs])
+        faces = np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
+        visible = job.occlusion(faces) if job.occlusion is not None else [None] * len(jobs)
         mels = mel_batch(job.mel, [start + j.slot for j in jobs], job.fps)
     with timer("generate"):
         generated = np.concatenate(
             [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
         )
     by_slot: dict[int, list[tuple[FaceJob, np.ndarray]]] = {}
-    for face_job, face in zip(jobs, generated, strict=True):
-        by_slot.setdefault(face_job.slot, []).append((face_job, face))
+    for face_job, face, occ in zip(jobs, generated, visible, strict=True):
+        by_slot.setdefault(face_job.slot, []).append((face_job, face, occ))
 
     def composite_frame(slot: int) -> tuple[int, np.ndarray, list[str]]:
         # Faces of one frame go one after the other (they may overlap); frames are independent.
         frame, methods = frames[slot], []
-        for face_job, face in by_slot[slot]:
-            result = composite_face(
-                frame, postprocess_face(face, face_job.box), face_job.box, poisson=options.poisson_blending
-            )
+        for face_job, face, occ in by_slot[slot]:
+            mask = crop_mask(face_job.aligned, shrink=options.mask_shrink, occlusion=occ)
+            result = paste_face(frame, face, face_job.aligned, mask, poisson=options.poisson_blending)
             frame = result.frame
             methods.append(result.method)
         return slot, frame, methods

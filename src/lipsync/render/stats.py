@@ -14,6 +14,9 @@ class CharacterStats:
     name: str
     frames_synced: int = 0
     frames_passed_through: int = 0
+    frames_rotated: int = 0  # synced through a turned (aligned) crop
+    # synced with an estimated yaw or roll beyond lipsync.faces.pose's YAW/ROLL_LIMIT_DEG (warned)
+    frames_beyond_pose_limit: int = 0
 
 
 @dataclass
