@@ -49,7 +49,7 @@ def test_bisenet_checkpoint_round_trip_through_the_catalog_name(bisenet, tmp_pat
         assert torch.equal(loaded(x), bisenet(x))
     state.pop("conv_out.conv_out.weight")
     torch.save(state, path)
-    with pytest.raises(CheckpointLayoutError, match="conv_out.conv_out.weight"):
+    with pytest.raises(CheckpointLayoutError, match=r"conv_out\.conv_out\.weight"):
         load_network("face_parsing", path)
 
 
