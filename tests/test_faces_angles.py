@@ -17,7 +17,7 @@ import pytest
 from conftest import shared_file, shared_model
 from lipsync.faces import TrackingOptions, track_characters
 from lipsync.faces.angles import AngleDetector, turn_back
-from lipsync.faces.pose import roll_degrees, template_fit
+from lipsync.faces.pose import angle_gap, roll_degrees, template_fit
 from lipsync.stages.align_crop import TEMPLATE_BOX, crop_face, crop_mask, face_crop, paste_face
 from lipsync.stages.composite import composite_face
 from lipsync.stages.lipsync import FACE_SIZE, postprocess_face, prepare_face
@@ -133,11 +133,7 @@ def test_default_detection_does_not_search_quarter_turns(scrfd, angle):
     fallback = AngleDetector(ScrfdOnly(scrfd), fallback=True)
     faces = fallback.detect(image)
     assert fallback.fallbacks == 1 and upright_only.fallbacks == 0
-    assert faces and _angle_gap(roll_degrees(faces[0].landmarks), angle) < 15  # turned clockwise: roll +angle
-
-
-def _angle_gap(a: float, b: float) -> float:
-    return abs((a - b + 180.0) % 360.0 - 180.0)
+    assert faces and angle_gap(roll_degrees(faces[0].landmarks), angle) < 15  # turned clockwise: roll +angle
 
 
 @pytest.mark.shared_media

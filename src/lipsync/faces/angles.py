@@ -29,7 +29,7 @@ import numpy as np
 
 from lipsync.faces.align import nms
 from lipsync.faces.backend import FaceBackend
-from lipsync.faces.pose import roll_degrees
+from lipsync.faces.pose import angle_gap, roll_degrees
 from lipsync.types import Box, Face
 
 QUARTER_TURNS: tuple[int, ...] = (90, 180, 270)
@@ -75,10 +75,6 @@ def _bounding(points: np.ndarray, width: int, height: int) -> Box:
     return Box(max(0.0, float(x1)), max(0.0, float(y1)), min(float(width), float(x2)), min(float(height), float(y2)))
 
 
-def _angle_gap(a: float, b: float) -> float:
-    return abs((a - b + 180.0) % 360.0 - 180.0)
-
-
 class AngleDetector:
     """``detect`` of a face backend with the quarter-turn fallback (optional) and upright refinement.
     ``searches`` counts detector runs, so the cost per frame can be read off."""
@@ -103,10 +99,10 @@ class AngleDetector:
             # A detection whose own landmarks lie far off the view it was found in is the detector
             # reading a turned face as upright (measured: mirrored landmarks at 180 degrees); the view
             # the face really is upright in finds it properly.
-            found = [(f, a) for f, a in found if _angle_gap(roll_degrees(f.landmarks), -a) <= PLAUSIBLE_ROLL_DEG]
+            found = [(f, a) for f, a in found if angle_gap(roll_degrees(f.landmarks), -a) <= PLAUSIBLE_ROLL_DEG]
         faces = []
         for face, angle in found:
-            if self.refine and _angle_gap(roll_degrees(face.landmarks), -angle) > REFINE_ROLL_DEG:
+            if self.refine and angle_gap(roll_degrees(face.landmarks), -angle) > REFINE_ROLL_DEG:
                 face = self._upright(frame, face)
             faces.append(face)
         # Refined faces carry their upright score, so one suppression ranks every view fairly.

@@ -70,3 +70,8 @@ def estimate_pose(landmarks: np.ndarray) -> Pose:
     mid_x = eye_mid[0] + t * (mouth_mid[0] - eye_mid[0])
     yaw = math.degrees(math.atan((up[2, 0] - mid_x) / iod / NOSE_DEPTH))
     return Pose(roll=roll, yaw=yaw, scale=scale)
+
+
+def angle_gap(a: float, b: float) -> float:
+    """The smallest difference between two angles in degrees, 0-180."""
+    return abs((a - b + 180.0) % 360.0 - 180.0)
