@@ -217,3 +217,38 @@ def test_no_interpolation_or_smoothing_across_a_rotation_jump():
         roll = roll_degrees(point.landmarks)
         expected = 0.0 if i < 8 else 90.0  # frames 6, 7 hold frame 5; 8, 9 hold frame 10
         assert abs(roll - expected) < 1.0, f"frame {i}: roll {roll:.1f}"
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.shared_media
+@pytest.mark.slow
+@pytest.mark.parametrize("angle", [90, 200])
+def test_pipeline_syncs_a_turned_video_on_the_mouth(scrfd, tmp_path, angle):
+    """The whole pipeline on a video of a real photo turned by ``angle`` (even sizes for yuv420p): the
+    face is found (fallback on), cropped aligned, and the marker lands on the mouth in the output file."""
+    from lipsync.config import Settings
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+    from pipeline_fixtures import decode_frames, write_speechlike_wav, write_video
+
+    image = cv2.imread(str(shared_file("obama.jpg")))
+    image = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    upright = max(scrfd.detect(image), key=lambda f: f.box.area)
+    turned, m = rotate(image, angle)
+    turned = np.ascontiguousarray(turned[: turned.shape[0] // 2 * 2, : turned.shape[1] // 2 * 2])
+    video = write_video(tmp_path / "turned.mp4", [turned] * 5, 5, crf=0)
+    audio = write_speechlike_wav(tmp_path / "a.wav", 0.2)
+    pipe = LipSyncPipeline(Settings(models_dir=tmp_path / "models"), generator=Marker(upright.landmarks),
+                           face_backend=ScrfdOnly(scrfd))  # fmt: skip
+    options = LipSyncOptions(enhance="off", pads=[0, 0, 0, 0], detect_angles="fallback", poisson_blending=False,
+                             crf=0, loop_mode="none", occlusion_mask="off")  # fmt: skip
+    result = pipe(LipSyncRequest(video, audio, tmp_path / "out.mp4", (), options))
+    stats = result.stats.characters["face"]
+    assert stats.frames_synced == result.stats.frames == stats.frames_rotated > 0
+    source = decode_frames(video)
+    iod = float(np.linalg.norm(upright.landmarks[1] - upright.landmarks[0]))
+    expected = m[:, :2] @ upright.landmarks[3:].mean(axis=0) + m[:, 2]
+    for out, src in zip(decode_frames(result.output), source, strict=True):
+        assert np.linalg.norm(_painted_centroid(src, out) - expected) / iod <= 0.10
