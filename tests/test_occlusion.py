@@ -110,3 +110,9 @@ def test_new_settings_defaults_and_kinds():
     assert (options.detect_angles, options.occlusion_mask, options.mask_shrink) == ("upright", "auto", 0.0)
     assert "detect_angles" in TrackOptions.model_fields and "mask_shrink" not in TrackOptions.model_fields
     assert parse_options(TrackOptions, {"detect_angles": "fallback"}).detect_angles == "fallback"
+
+
+def test_cli_downloads_the_parser_before_the_run_only_when_asked(tmp_path):
+    pipeline = LipSyncPipeline(Settings(models_dir=tmp_path))
+    assert "face_parsing" in pipeline.required_models(False, occlusion=True)
+    assert "face_parsing" not in pipeline.required_models(False)

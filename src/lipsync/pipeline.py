@@ -170,11 +170,14 @@ class LipSyncPipeline:
     def face_backend_loaded(self) -> bool:
         return self._face_backend is not None
 
-    def required_models(self, enhance: bool) -> list[str]:
-        """Catalog names this pipeline would load (for download-before-run in the CLI)."""
+    def required_models(self, enhance: bool, occlusion: bool = False) -> list[str]:
+        """Catalog names this pipeline would load (for download-before-run in the CLI); ``occlusion``: the
+        request asks for the occlusion mask (``occlusion_mask=on``)."""
         names = [] if self._generator is not None else [self.settings.wav2lip_model]
         if enhance and self._enhancer is None:
             names.append("gfpgan_v1.4")
+        if occlusion and self._occlusion is None:
+            names.append("face_parsing")
         face_files_missing = self.settings.det_model is None or self.settings.rec_model is None
         if self._face_backend is None and self.settings.face_backend == "insightface" and face_files_missing:
             names.append("buffalo_l")

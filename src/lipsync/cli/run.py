@@ -67,7 +67,8 @@ def run(
     settings = Settings(**overrides)
     pipeline = LipSyncPipeline(settings)
     with ProgressBar(progress, unit="B") as downloads:
-        for name in pipeline.required_models(pipeline.enhance_enabled(options)):
+        needed = pipeline.required_models(pipeline.enhance_enabled(options), options.occlusion_mask == "on")
+        for name in needed:
             pipeline.store.ensure(name, progress=downloads.for_label(f"downloading {name}"))
 
     with ProgressBar(progress, labels=_STAGE_LABELS) as bars:
