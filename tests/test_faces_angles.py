@@ -252,3 +252,20 @@ def test_pipeline_syncs_a_turned_video_on_the_mouth(scrfd, tmp_path, angle):
     expected = m[:, :2] @ upright.landmarks[3:].mean(axis=0) + m[:, 2]
     for out, src in zip(decode_frames(result.output), source, strict=True):
         assert np.linalg.norm(_painted_centroid(src, out) - expected) / iod <= 0.10
+
+
+@pytest.mark.shared_media
+def test_pose_of_real_portraits_is_within_the_limits(scrfd):
+    from lipsync.faces.pose import estimate_pose
+
+    yaws = {}
+    for name in PORTRAITS:
+        face = max(scrfd.detect(cv2.imread(str(shared_file(name)))), key=lambda f: f.box.area)
+        pose = estimate_pose(face.landmarks)
+        assert not pose.beyond_limits(), f"{name}: {pose}"
+        yaws[name] = pose.yaw
+    assert abs(yaws["obama.jpg"]) < 5 and abs(yaws["obama2.jpg"]) > 10  # frontal vs a visibly turned head
+    # Turning the photo turns the roll, not the yaw.
+    turned, _ = rotate(cv2.imread(str(shared_file("obama.jpg"))), 60)
+    pose = estimate_pose(AngleDetector(ScrfdOnly(scrfd)).detect(turned)[0].landmarks)
+    assert abs(pose.roll - 60) < 5 and abs(pose.yaw - yaws["obama.jpg"]) < 5 and pose.beyond_limits()
