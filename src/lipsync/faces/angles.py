@@ -75,6 +75,20 @@ def _bounding(points: np.ndarray, width: int, height: int) -> Box:
     return Box(max(0.0, float(x1)), max(0.0, float(y1)), min(float(width), float(x2)), min(float(height), float(y2)))
 
 
+def _same_face_once(found: Sequence[tuple[Face, int]]) -> list[tuple[Face, int]]:
+    """One candidate per face seen in several views: among overlapping candidates that agree on the roll,
+    the best scored (the others would only be refined to the same face)."""
+    kept: list[tuple[Face, int]] = []
+    for face, angle in sorted(found, key=lambda fa: -fa[0].score):
+        roll = roll_degrees(face.landmarks)
+        if not any(
+            face.box.iou(k.box) > NMS_IOU and angle_gap(roll, roll_degrees(k.landmarks)) < REFINE_ROLL_DEG * 2
+            for k, _ in kept
+        ):
+            kept.append((face, angle))
+    return kept
+
+
 class AngleDetector:
     """``detect`` of a face backend with the quarter-turn fallback (optional) and upright refinement.
     ``searches`` counts detector runs, so the cost per frame can be read off."""
@@ -100,6 +114,7 @@ class AngleDetector:
             # reading a turned face as upright (measured: mirrored landmarks at 180 degrees); the view
             # the face really is upright in finds it properly.
             found = [(f, a) for f, a in found if angle_gap(roll_degrees(f.landmarks), -a) <= PLAUSIBLE_ROLL_DEG]
+            found = _same_face_once(found)
         faces = []
         for face, angle in found:
             if self.refine and angle_gap(roll_degrees(face.landmarks), -angle) > REFINE_ROLL_DEG:
