@@ -13,7 +13,7 @@ from lipsync.config import Settings
 from lipsync.errors import CheckpointLayoutError, ModelNotAvailable
 from lipsync.models import ModelStore, load_network
 from lipsync.nets import BiSeNet
-from lipsync.options import LipSyncOptions, OptionsInvalid, TrackOptions, parse_options
+from lipsync.options import LipSyncOptions, OptionsInvalid, TrackOptions, parse_options, resolve_occlusion
 from lipsync.pipeline import LipSyncPipeline
 from lipsync.stages.occlusion import FACE_CLASSES, FaceParsingMasker
 
@@ -84,15 +84,25 @@ def test_masker_runs_the_real_architecture(bisenet):
 
 
 def test_occlusion_is_off_until_its_weights_are_present(bisenet, tmp_path):
-    settings = Settings(models_dir=tmp_path, offline=True)
+    settings = Settings(models_dir=tmp_path, offline=True, device="cpu")
     pipeline = LipSyncPipeline(settings)
     assert pipeline.get_occlusion("auto") is None and pipeline.get_occlusion("off") is None
     with pytest.raises(ModelNotAvailable):
         pipeline.get_occlusion("on")  # offline and absent: a clear error, not a silent plain mask
     torch.save(bisenet.state_dict(), ModelStore(settings).catalog_path("face_parsing"))
-    masker = pipeline.get_occlusion("auto")
+    assert pipeline.get_occlusion("auto") is None  # present, but on a CPU auto stays off
+    masker = pipeline.get_occlusion("on")
     assert isinstance(masker, FaceParsingMasker)
     assert pipeline.get_occlusion("off") is None and pipeline.get_occlusion("on") is masker
+
+
+@pytest.mark.parametrize(
+    ("choice", "present", "device", "on"),
+    [("auto", False, "cuda", False), ("auto", True, "cuda", True), ("auto", True, "cpu", False),
+     ("on", False, "cpu", True), ("off", True, "cuda", False)],
+)  # fmt: skip
+def test_occlusion_auto_rule(choice, present, device, on):
+    assert resolve_occlusion(choice, present, device) is on
 
 
 @pytest.mark.parametrize(

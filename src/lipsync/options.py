@@ -130,8 +130,8 @@ class LipSyncOptions(TrackOptions):
     occlusion_mask: EnhanceChoice = Field(
         "auto",
         description="Keep the mouth off whatever covers the face (a hand, a microphone) with the BiSeNet "
-        "face-parsing model: auto (on when its weights are in the models folder), on (fetched if "
-        "missing) or off.",
+        "face-parsing model: auto (on under CUDA when its weights are in the models folder; off on a CPU, "
+        "where it costs about a second a face), on (fetched if missing) or off.",
         json_schema_extra=_meta("compositing", LIPSYNC),
     )  # fmt: skip
     mask_shrink: float = Field(
@@ -286,4 +286,16 @@ def resolve_enhance(choice: EnhanceChoice, device_type: str) -> bool:
         "enhance=auto: GFPGAN enhancement %s on %s%s", "on" if on else "off", device_type,
         "" if on else " (it costs seconds a face on a CPU; enhance=on forces it)",
     )  # fmt: skip
+    return on
+
+
+def resolve_occlusion(choice: EnhanceChoice, weights_present: bool, device_type: str) -> bool:
+    """``auto`` is on when the face-parsing weights are present and the device is CUDA (on a CPU the
+    parser costs about a second a face); ``on`` always (the weights are fetched), ``off`` never."""
+    if choice != "auto":
+        return choice == "on"
+    on = weights_present and device_type == "cuda"
+    if weights_present and not on:
+        log.info("occlusion_mask=auto: off on %s (face parsing costs about a second a face there; "
+                 "occlusion_mask=on forces it)", device_type)  # fmt: skip
     return on

@@ -37,7 +37,7 @@ from lipsync.faces import FaceBackend, create_face_backend
 from lipsync.faces.pose import ROLL_LIMIT_DEG, YAW_LIMIT_DEG
 from lipsync.media import MediaInfo, decode_audio, probe
 from lipsync.models import ModelStore, load_network, resolve_device
-from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
+from lipsync.options import EnhanceChoice, LipSyncOptions, TrackOptions, resolve_enhance, resolve_occlusion
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
 from lipsync.request import LipSyncRequest
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
@@ -220,17 +220,15 @@ class LipSyncPipeline:
                 self._enhancer = FaceEnhancer(GFPGANRestorer(net, device, fp16=self.settings.fp16))
             return self._enhancer
 
-    def get_occlusion(self, choice: str) -> OcclusionMasker | None:
-        """The occlusion masker for a request's ``occlusion_mask`` setting: off; auto (on when the
-        face-parsing weights are in the models folder, or a masker was given); on (fetched if missing)."""
+    def get_occlusion(self, choice: EnhanceChoice) -> OcclusionMasker | None:
+        """The occlusion masker for a request's ``occlusion_mask`` setting (see ``resolve_occlusion``); a
+        masker given to the constructor counts as present."""
         with self._lock:
-            if choice == "off":
+            device = resolve_device(self.device)
+            present = self._occlusion is not None or self.store.path_for("face_parsing").is_file()
+            if not resolve_occlusion(choice, present, device.type):
                 return None
             if self._occlusion is None:
-                if choice == "auto" and not self.store.path_for("face_parsing").is_file():
-                    log.debug("occlusion_mask=auto: no face-parsing weights present, plain mask")
-                    return None
-                device = resolve_device(self.device)
                 path = self.store.ensure("face_parsing")
                 log.info("loading face_parsing from %s on %s", path, device)
                 self._occlusion = FaceParsingMasker(load_network("face_parsing", path, device=device), device)

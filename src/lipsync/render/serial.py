@@ -143,13 +143,14 @@ def sync_faces(
     """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
     with timer("prepare_faces"):
         faces = np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
-        visible = job.occlusion(faces) if job.occlusion is not None else [None] * len(jobs)
         mels = mel_batch(job.mel, [start + j.slot for j in jobs], job.fps)
+    with timer("occlusion"):  # visible-face masks of the crops, or none (the plain lower-face mask)
+        visible = job.occlusion(faces) if job.occlusion is not None else [None] * len(jobs)
     with timer("generate"):
         generated = np.concatenate(
             [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
         )
-    by_slot: dict[int, list[tuple[FaceJob, np.ndarray]]] = {}
+    by_slot: dict[int, list[tuple[FaceJob, np.ndarray, np.ndarray | None]]] = {}
     for face_job, face, occ in zip(jobs, generated, visible, strict=True):
         by_slot.setdefault(face_job.slot, []).append((face_job, face, occ))
 
