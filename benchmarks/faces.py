@@ -17,6 +17,9 @@ Rows:
     sample_every=10). Streaming keeps at most sample_every frames, so the peaks must be close; the
     per-frame output (a few hundred bytes per point) is what grows.
 
+  * angles, align: the cost per frame of the quarter-turn fallback and of the aligned crop (issue 14;
+    see benchmarks/_angles.py for what each row measures).
+
 Realtime factor = media seconds processed / wall seconds, for 25 fps media. Detection rows report the
 median of the repetitions (robust to other processes sharing the CPU); everything runs on CPU.
 
@@ -39,6 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from _angles import bench_align, bench_angles
 from _common import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,6 +291,10 @@ def main() -> None:
     quick = args.quick
     print("detection:", flush=True)
     rows = bench_detect(3 if quick else 10)
+    if SCRFD.exists():
+        print("angles and alignment:", flush=True)
+        rows += bench_angles(_scrfd(), cv2.imread(str(FACE_PHOTO)), 3 if quick else 10)
+        rows += bench_align(_scrfd(), cv2.imread(str(FACE_PHOTO)), 5 if quick else 30)
     print("tracking:", flush=True)
     rows += bench_track(50 if quick else 150, [1, 5, 25] if quick else [1, 2, 5, 10, 25])
     rss_rows = []
@@ -305,6 +313,8 @@ def main() -> None:
             if r["row"] == "track"
             else f"{r['minutes']}min"
             if r["row"] == "rss"
+            else f"{r['case']}/{r.get('mode', '')}"[:9]
+            if r["row"] in ("angles", "align")
             else ""
         )
         ms = r.get("ms_per_frame", 1000 * r.get("seconds", 0) / max(1, r.get("frames", 1)))

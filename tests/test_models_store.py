@@ -76,7 +76,7 @@ def _local_catalog(server) -> dict[str, ModelSpec]:
 
 
 def test_catalog_is_complete_data():
-    assert set(CATALOG) == {"wav2lip_gan", "wav2lip", "lipsync_expert", "gfpgan_v1.4", "buffalo_l"}
+    assert set(CATALOG) == {"wav2lip_gan", "wav2lip", "lipsync_expert", "gfpgan_v1.4", "buffalo_l", "face_parsing"}
     for spec in CATALOG.values():
         assert spec.urls and all(url.startswith("https://") for url in spec.urls)
         assert spec.urls[0].endswith(spec.filename)
@@ -85,6 +85,7 @@ def test_catalog_is_complete_data():
     for name in ("wav2lip_gan", "wav2lip", "lipsync_expert", "buffalo_l"):
         assert "non-commercial" in CATALOG[name].licence
     assert "Apache-2.0" in CATALOG["gfpgan_v1.4"].licence
+    assert "non-commercial" in CATALOG["face_parsing"].licence and CATALOG["face_parsing"].sha256
     assert [m.name for m in CATALOG["buffalo_l"].members] == ["det_10g.onnx", "w600k_r50.onnx"]
     assert all(SHA256.fullmatch(m.sha256 or "") for m in CATALOG["buffalo_l"].members)
     with pytest.raises(UnknownModel, match="known models"):

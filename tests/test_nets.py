@@ -25,7 +25,7 @@ from lipsync.nets.gfpgan import ModulatedConv2d, ResBlock
 from lipsync.nets.syncnet import stack_lower_halves, sync_score
 
 MANIFESTS = Path(__file__).resolve().parent / "data" / "manifests"
-NAMES = ["wav2lip_gan", "wav2lip", "lipsync_expert", "gfpgan_v1.4"]
+NAMES = ["wav2lip_gan", "wav2lip", "lipsync_expert", "gfpgan_v1.4", "face_parsing"]
 
 
 def _manifest_layout(name: str) -> dict[str, list[int]]:

@@ -21,15 +21,14 @@ from lipsync.options import (
     LipSyncOptions,
     OptionsInvalid,
     TrackOptions,
-    cli_flag,
     field_bounds,
     field_choices,
     field_meta,
     options_from_record,
-    options_markdown,
     parse_options,
     resolve_enhance,
 )
+from lipsync.options_doc import cli_flag, options_markdown
 
 # --- cases, generated from the model --------------------------------------------------------------------
 
@@ -364,7 +363,7 @@ def test_readme_option_table_is_the_models():
     table = readme.split(begin, 1)[1].split(end, 1)[0].strip()
     assert table == options_markdown().strip(), (
         "README's option table differs from lipsync.options; regenerate it with "
-        "`python -m lipsync.options --markdown` and paste it between the markers"
+        "`python -m lipsync.options_doc --markdown` and paste it between the markers"
     )
 
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     wav2lip_checkpoint: Path | None = Field(None, description="Use this Wav2Lip file instead of the catalog's.")
     syncnet_checkpoint: Path | None = Field(None, description="Use this SyncNet expert file.")
     gfpgan_checkpoint: Path | None = Field(None, description="Use this GFPGAN v1.4 file.")
+    face_parsing_checkpoint: Path | None = Field(
+        None, description="Use this BiSeNet face-parsing file (the occlusion mask) instead of the catalog's."
+    )
     det_model: Path | None = Field(None, description="Use this SCRFD detector ONNX instead of buffalo_l's.")
     rec_model: Path | None = Field(None, description="Use this ArcFace ONNX instead of buffalo_l's.")
     face_backend: FaceBackendName = Field("insightface", description="insightface or dlib.")

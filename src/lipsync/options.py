@@ -14,7 +14,6 @@ Torch-free on purpose: the API node, the CLI's argument parsing and the job stor
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any, Literal, get_args
 
@@ -28,6 +27,9 @@ log = logging.getLogger(__name__)
 
 EnhanceChoice = Literal["auto", "on", "off"]
 ENHANCE_CHOICES: tuple[str, ...] = get_args(EnhanceChoice)
+
+DetectAngles = Literal["upright", "fallback"]
+DETECT_ANGLES: tuple[str, ...] = get_args(DetectAngles)
 
 X264Preset = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
@@ -76,6 +78,13 @@ class TrackOptions(_Options):
     sample_every: int = Field(
         5, ge=1, le=1000,
         description="Detect faces every N frames (and at shot changes); boxes are interpolated in between.",
+        json_schema_extra=_meta("tracking", LIPSYNC, TRACKING),
+    )  # fmt: skip
+    detect_angles: DetectAngles = Field(
+        "upright",
+        description="upright: detect faces in the frame as it is; fallback: when a sampled frame has no "
+        "confident face, also try it turned by 90, 180 and 270 degrees (up to 3 more detections on such "
+        "frames; for phone videos filmed sideways or upside down).",
         json_schema_extra=_meta("tracking", LIPSYNC, TRACKING),
     )  # fmt: skip
     shot_change_threshold: float = Field(
@@ -141,6 +150,19 @@ class LipSyncOptions(TrackOptions):
     )  # fmt: skip
     poisson_blending: bool = Field(
         True, description="Blend the mouth in with Poisson (seamless) cloning; false: a feathered paste.",
+        json_schema_extra=_meta("compositing", LIPSYNC),
+    )  # fmt: skip
+    occlusion_mask: EnhanceChoice = Field(
+        "auto",
+        description="Keep the mouth off whatever covers the face (a hand, a microphone) with the BiSeNet "
+        "face-parsing model: auto (on under CUDA when its weights are in the models folder; off on a CPU, "
+        "where it costs about a second a face), on (fetched if missing) or off.",
+        json_schema_extra=_meta("compositing", LIPSYNC),
+    )  # fmt: skip
+    mask_shrink: float = Field(
+        0.0, ge=0.0, le=0.5, allow_inf_nan=False,
+        description="Shrink the pasted lower-face ellipse by this fraction (0-0.5), its top kept, so the "
+        "generated patch stays off the jaw line.",
         json_schema_extra=_meta("compositing", LIPSYNC),
     )  # fmt: skip
     crf: int = Field(
@@ -287,89 +309,9 @@ def resolve_enhance(choice: EnhanceChoice, device_type: str) -> bool:
     return device_type == "cuda"
 
 
-# --- documentation --------------------------------------------------------------------------------------
-
-
-def cli_flag(name: str) -> str:
-    """The CLI spelling of a setting: the API's name in dash form."""
-    return "--" + name.replace("_", "-")
-
-
-def _type_text(info: FieldInfo) -> str:
-    choices = field_choices(info)
-    if choices:
-        return "string"
-    text = str(info.annotation)
-    for word in ("list", "bool", "float", "int"):
-        if word in text:
-            return {"list": "int[4]"}.get(word, word)
-    return "string"
-
-
-def default_text(info: FieldInfo) -> str:
-    default = info.get_default(call_default_factory=True)
-    if default is None:
-        return field_meta(info).get("none_means", "unset")
-    return json.dumps(default)
-
-
-def _allowed_text(info: FieldInfo) -> str:
-    choices = field_choices(info)
-    if choices:
-        return ", ".join(f"`{c}`" for c in choices)
-    lo, hi = field_bounds(info)
-    if lo is None and hi is None:
-        return ""
-    each = "each " if isinstance(info.get_default(call_default_factory=True), list) else ""
-    return f"{each}{lo:g}–{hi:g}" if lo is not None and hi is not None else f"{lo}–{hi}"
-
-
-def options_markdown() -> str:
-    """The README's table of job settings, generated from the model (a test keeps the README in step)."""
-    rows = [
-        "| API field | CLI | type | default | allowed | jobs | description |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for group in GROUPS:
-        for name, info in LipSyncOptions.model_fields.items():
-            meta = field_meta(info)
-            if meta.get("group") != group:
-                continue
-            shown = default_text(info)
-            flags = [cli_flag(name)]
-            if _type_text(info) == "bool":
-                flags.append(f"--no-{name.replace('_', '-')}")
-            cli = "—" if meta.get("cli") is False else " ".join(
-                [*(f"`{f}`" for f in flags), *(f"`{a}`" for a in meta.get("cli_aliases", [])),
-                 *([f"`{meta['cli_flag_off']}`"] if "cli_flag_off" in meta else [])]
-            )
-            kinds = ", ".join("/face-tracking, track" if k == TRACKING else "lipsync, run" for k in meta["kinds"])
-            rows.append(
-                f"| `{name}` | {cli} | {_type_text(info)} | `{shown}` | {_allowed_text(info)} | {kinds} "
-                f"| {group}: {info.description} |"
-            )
-    return "\n".join(rows) + "\n"
-
-
-def option_schema(model: type[_Options] = LipSyncOptions) -> dict[str, Any]:
-    """The settings as plain data for forms (GET /options): the order, groups and texts of the model."""
-    fields = []
-    for name, info in model.model_fields.items():
-        meta = field_meta(info)
-        lo, hi = field_bounds(info)
-        fields.append({
-            "name": name, "type": _type_text(info), "default": info.get_default(call_default_factory=True),
-            "min": lo, "max": hi, "choices": list(field_choices(info) or []) or None,
-            "nullable": "None" in str(info.annotation), "description": info.description or "",
-            "group": meta.get("group"), "kinds": meta.get("kinds", []), "alias_of": meta.get("alias_of"),
-            "default_text": default_text(info),
-        })
-    return {"groups": list(GROUPS), "fields": fields}
-
-
-if __name__ == "__main__":  # python -m lipsync.options --markdown
-    import sys
-
-    if sys.argv[1:] != ["--markdown"]:
-        sys.exit("usage: python -m lipsync.options --markdown")
-    sys.stdout.write(options_markdown())
+def resolve_occlusion(choice: EnhanceChoice, weights_present: bool, device_type: str) -> bool:
+    """``auto`` is on when the face-parsing weights are present and the device is CUDA (on a CPU the
+    parser costs about a second a face); ``on`` always (the weights are fetched), ``off`` never."""
+    if choice != "auto":
+        return choice == "on"
+    return weights_present and device_type == "cuda"

@@ -22,6 +22,7 @@ on the pipeline, so one pipeline serves many requests; everything about a reques
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from lipsync.audio.vad import VoiceDetector, load_detector
 from lipsync.config import Settings
 from lipsync.errors import InputError, MediaError
 from lipsync.faces import FaceBackend, create_face_backend
+from lipsync.faces.pose import ROLL_LIMIT_DEG, YAW_LIMIT_DEG
 from lipsync.media import (
     MediaInfo,
     MediaLimits,
@@ -43,13 +45,14 @@ from lipsync.media import (
     source_audio_offset,
 )
 from lipsync.models import ModelStore, load_network, resolve_device
-from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
+from lipsync.options import EnhanceChoice, LipSyncOptions, TrackOptions, resolve_enhance, resolve_occlusion
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
 from lipsync.request import LipSyncRequest, check_audio_sources
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
 from lipsync.stages.frames import sources_needed
 from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator
 from lipsync.stages.looping import plan_loop
+from lipsync.stages.occlusion import FaceParsingMasker, OcclusionMasker
 from lipsync.stages.silence import Voice, VoicePlan, load_voice, output_rate
 from lipsync.stages.track import (
     TrackingResult,
@@ -134,6 +137,7 @@ class LipSyncPipeline:
         face_backend: FaceBackend | None = None,
         store: ModelStore | None = None,
         device: str | None = None,
+        occlusion: OcclusionMasker | None = None,
     ) -> None:
         """``device`` (e.g. ``"cuda:1"``) overrides ``settings.device`` for the torch networks, so a server
         can keep one pipeline per GPU."""
@@ -144,6 +148,7 @@ class LipSyncPipeline:
         self._enhancer = self._as_enhancer(enhancer) if enhancer is not None else None
         self._face_backend = face_backend
         self._vad: VoiceDetector | None = None
+        self._occlusion = occlusion
         self._lock = threading.RLock()
 
     # -- models ---------------------------------------------------------------------------------------
@@ -215,6 +220,20 @@ class LipSyncPipeline:
                 self._vad = load_detector()
             return self._vad
 
+    def get_occlusion(self, choice: EnhanceChoice) -> OcclusionMasker | None:
+        """The occlusion masker for a request's ``occlusion_mask`` setting (see ``resolve_occlusion``); a
+        masker given to the constructor counts as present."""
+        with self._lock:
+            device = resolve_device(self.device)
+            present = self._occlusion is not None or self.store.path_for("face_parsing").is_file()
+            if not resolve_occlusion(choice, present, device.type):
+                return None
+            if self._occlusion is None:
+                path = self.store.ensure("face_parsing")
+                log.info("loading face_parsing from %s on %s", path, device)
+                self._occlusion = FaceParsingMasker(load_network("face_parsing", path, device=device), device)
+            return self._occlusion
+
     def get_face_backend(self) -> FaceBackend:
         with self._lock:
             if self._face_backend is None:
@@ -267,11 +286,12 @@ class LipSyncPipeline:
             generator = self.get_generator()
             enhancer = self.get_enhancer() if self.enhance_enabled(options) else None
             vad = self.get_vad()
+            occlusion = self.get_occlusion(options.occlusion_mask)
 
         # 2. Probe and plan: the loop plan, and (per output frame, lazily) the mel window.
         report("prepare", 0, 1)
         with timer("prepare"):
-            job = self._plan(request, vad)
+            job = dataclasses.replace(self._plan(request, vad), occlusion=occlusion)
         report("prepare", 1, 1)
         stats.frames, stats.source_frames, stats.tracked_frames = len(job.plan), job.source_frames, job.needed
         stats.fps, stats.loop_mode = float(job.fps), job.mode
@@ -295,7 +315,14 @@ class LipSyncPipeline:
         stats.device = str(getattr(generator, "device", "custom"))
         render(job, options, Path(request.output), tracks, generator, enhancer, batch, timer, stats, report)
 
-        # 6. Return the result with statistics.
+        # 6. Return the result with statistics (and a word on faces Wav2Lip was not trained for).
+        for c in stats.characters.values():
+            if c.frames_beyond_pose_limit:
+                log.warning(
+                    "%s (%s): %d of %d synced frames have an estimated yaw beyond %g or roll beyond %g "
+                    "degrees; Wav2Lip is trained on near-frontal faces, expect a weaker mouth there",
+                    c.name, c.id, c.frames_beyond_pose_limit, c.frames_synced, YAW_LIMIT_DEG, ROLL_LIMIT_DEG,
+                )  # fmt: skip
         stats.stage_seconds = dict(timer.seconds)
         stats.wall_seconds = time.perf_counter() - wall_start
         stats.realtime_factor = stats.duration_s / stats.wall_seconds if stats.wall_seconds > 0 else 0.0

@@ -31,7 +31,8 @@ from lipsync.api.schemas import (
 from lipsync.api.upload_job import UPLOAD_DESCRIPTION, UPLOAD_OPENAPI, receive_and_submit
 from lipsync.errors import InputError
 from lipsync.jobs.models import JOB_STATUSES, JobRecord
-from lipsync.options import LipSyncOptions, option_schema
+from lipsync.options import LipSyncOptions
+from lipsync.options_doc import option_schema
 
 UPLOAD_PATH = "/lipsync/upload"
 TRACKING_UPLOAD_PATH = "/face-tracking/upload"

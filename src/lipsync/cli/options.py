@@ -15,12 +15,12 @@ from pydantic.fields import FieldInfo
 
 from lipsync.options import (
     GROUPS,
-    cli_flag,
     field_bounds,
     field_choices,
     field_meta,
     parse_options,
 )
+from lipsync.options_doc import cli_flag
 
 F = Callable[..., Any]
 

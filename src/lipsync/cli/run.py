@@ -99,8 +99,9 @@ def run(
     pipeline = LipSyncPipeline(settings)
     # Every model the run needs, checked (and fetched) before any work: one error lists all that are missing.
     with ProgressBar(progress, unit="B") as downloads:
-        ensure_models(pipeline.store, needs_for_run(settings, enhance=pipeline.enhance_enabled(options)),
-                      progress=lambda name: downloads.for_label(f"downloading {name}"))  # fmt: skip
+        needs = needs_for_run(settings, enhance=pipeline.enhance_enabled(options),
+                              occlusion=options.occlusion_mask == "on")
+        ensure_models(pipeline.store, needs, progress=lambda name: downloads.for_label(f"downloading {name}"))
 
     with ProgressBar(progress) as bars, cli_fields_named(cast):  # stages as cli._common names them
         result = pipeline(request, progress=bars.update)

@@ -3,9 +3,10 @@
 How a video is processed (one pass over ``frames``, which may be a generator of any length):
 
 1. A cheap shot-change detector looks at every frame (colour histogram of a small thumbnail).
-2. Faces are detected, embedded and assigned to characters every ``sample_every`` frames, on the last
-   frame of a shot and the first frame of the next one (so nothing is interpolated across a cut), and
-   on the last frame of the video.
+2. Faces are detected (:mod:`lipsync.faces.angles`: tilted faces re-detected upright, quarter turns
+   tried with ``detect_angles=fallback``), embedded and assigned to characters every ``sample_every``
+   frames, on the last frame of a shot and the first of the next (nothing is interpolated across a cut),
+   and on the last frame of the video.
 3. Assignment in a sampled frame is optimal (Hungarian): a pair is eligible when its similarity is at
    least ``similarity_threshold``; IoU with the character's box at the previous sample of the same shot
    adds a small bonus (tie-break between similar candidates) and, when it is at least
@@ -15,12 +16,12 @@ How a video is processed (one pass over ``frames``, which may be a generator of 
 4. When a character is present at one sample and absent at the next, the frames in between (held in a
    buffer of at most ``sample_every - 1`` frames, the only frames ever kept) are probed by binary search
    to find where it appears or disappears, so absent frames get no box and present frames get one.
-   (An absence that starts and ends between two samples, shorter than ``sample_every``, is not seen:
-   lower ``sample_every`` when that matters.)
-5. Between two samples where a character is present in the same shot, its box, landmarks and similarity
-   are interpolated linearly (``interpolated=True``).
-6. Each track is smoothed by a zero-phase forward-backward EMA (``temporal_smoothing``), per run of
-   consecutive frames within one shot, so it damps jitter without lagging.
+   (An absence shorter than ``sample_every`` between two samples is not seen: lower ``sample_every``.)
+5. Between two samples in one shot, box, landmarks and similarity are interpolated linearly
+   (``interpolated=True``); across a rotation jump (roll changing by over ``ROLL_JUMP_DEG``) each frame
+   takes the nearer sample instead: a blend of two orientations is neither face.
+6. Each track is smoothed by a zero-phase forward-backward EMA (``temporal_smoothing``) per run of
+   consecutive frames within one shot and one orientation, so it damps jitter without lagging.
 
 With no characters, every face gets an anonymous identity (its own embedding, IoU continuity) and the
 most prominent one (largest summed box area over its frames: big and present often) is returned with
@@ -38,11 +39,13 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
+from lipsync.faces.angles import AngleDetector
 from lipsync.faces.backend import FaceBackend, embed_faces, similarity_matrix
 from lipsync.faces.matching import CharacterRef, build_references, match_faces
+from lipsync.faces.pose import angle_gap, roll_degrees
+from lipsync.faces.shots import ShotChangeDetector
 from lipsync.faces.smoothing import contiguous_runs, smooth_segment
 from lipsync.options import TrackOptions
 from lipsync.types import Box, Character, Face, Pads, Track, TrackPoint
@@ -51,7 +54,10 @@ log = logging.getLogger(__name__)
 
 # The job settings this tracker takes; their defaults and ranges are declared once, in lipsync.options.
 _JOB = TrackOptions()
-_JOB_KNOBS = ("similarity_threshold", "temporal_smoothing", "sample_every", "shot_change_threshold")
+_JOB_KNOBS = ("similarity_threshold", "temporal_smoothing", "sample_every", "shot_change_threshold",
+              "detect_angles")  # fmt: skip
+#: A roll change over this between observations is a rotation jump: no interpolation or smoothing across.
+ROLL_JUMP_DEG = 30.0
 
 ANONYMOUS_ID = "face"
 
@@ -71,6 +77,7 @@ class TrackingOptions:
     # Measured on the shared talking-head clips: <= 0.06 within a shot, >= 0.8 across clips. A missed cut
     # costs wrong boxes for up to sample_every frames, a false one a single extra detection: err low.
     shot_change_threshold: float = _JOB.shot_change_threshold
+    detect_angles: str = _JOB.detect_angles
     refine_transitions: bool = True
     continuity_iou: float = 0.5
     continuity_margin: float = 0.1
@@ -98,36 +105,6 @@ class TrackingOptions:
             raise ValueError("shot_change_threshold must be within (0, 1]")
         if self.max_buffered_frames < 1:
             raise ValueError("max_buffered_frames must be >= 1")
-
-
-# --- shot changes ------------------------------------------------------------------------------------
-
-
-class ShotChangeDetector:
-    """Declares a cut when the HSV histogram of a 96x54 thumbnail changes by more than ``threshold``
-    (Bhattacharyya distance, 0 = same distribution, 1 = disjoint). About a millisecond per 1080p frame."""
-
-    def __init__(self, threshold: float = 0.3) -> None:
-        self.threshold = float(threshold)
-        self._previous: np.ndarray | None = None
-        self.last_distance = 0.0
-
-    @staticmethod
-    def signature(frame_bgr: np.ndarray) -> np.ndarray:
-        thumb = cv2.resize(frame_bgr, (96, 54), interpolation=cv2.INTER_AREA)
-        hsv = cv2.cvtColor(thumb, cv2.COLOR_BGR2HSV)
-        hist = cv2.calcHist([hsv], [0, 1, 2], None, [12, 4, 4], [0, 180, 0, 256, 0, 256])
-        return cv2.normalize(hist, hist).astype(np.float32)
-
-    def update(self, frame_bgr: np.ndarray) -> bool:
-        """True when ``frame_bgr`` starts a new shot (never for the first frame)."""
-        sig = self.signature(frame_bgr)
-        prev, self._previous = self._previous, sig
-        if prev is None:
-            self.last_distance = 0.0
-            return False
-        self.last_distance = float(cv2.compareHist(prev, sig, cv2.HISTCMP_BHATTACHARYYA))
-        return self.last_distance > self.threshold
 
 
 # --- tracking ----------------------------------------------------------------------------------------
@@ -165,6 +142,7 @@ class _Analysis:
 class _Tracker:
     def __init__(self, backend: FaceBackend, refs: Sequence[CharacterRef], options: TrackingOptions) -> None:
         self.backend = backend
+        self.detector = AngleDetector(backend, fallback=options.detect_angles == "fallback")
         self.options = options
         self.every = int(options.sample_every)
         self.buffer_stride = max(1, -(-(self.every - 1) // int(options.max_buffered_frames)))
@@ -212,7 +190,7 @@ class _Tracker:
 
     def _analyse(self, index: int, frame: np.ndarray) -> _Analysis:
         self.detections += 1
-        faces = self.backend.detect(frame)
+        faces = self.detector.detect(frame)
         if not faces:
             return _Analysis({}, [])
         embs = embed_faces(self.backend, frame, faces)
@@ -338,14 +316,17 @@ class _Tracker:
             b = ident.present.get(q) if q is not None else None
             if b is None or q - p < 2 or not self._same_shot(p, q):
                 continue
+            jump = angle_gap(roll_degrees(a.landmarks), roll_degrees(b.landmarks)) > ROLL_JUMP_DEG
             for f in range(p + 1, q):
                 t = (f - p) / (q - p)
-                raw[f] = _lerp(a, b, t)
+                raw[f] = (a if t < 0.5 else b) if jump else _lerp(a, b, t)
                 interpolated.add(f)
         frames = sorted(raw)
+        rolls = {f: roll_degrees(raw[f].landmarks) for f in frames}
+        jumps = {f for f in frames if f - 1 in raw and angle_gap(rolls[f - 1], rolls[f]) > ROLL_JUMP_DEG}
         strength = self.options.temporal_smoothing
         w, h = self.size or (0, 0)
-        for run in contiguous_runs(frames, frozenset(self.cuts)):
+        for run in contiguous_runs(frames, frozenset(self.cuts) | jumps):
             boxes = np.array([raw[f].box.as_list() for f in run], dtype=np.float64)
             lms = np.array([raw[f].landmarks.reshape(-1) for f in run], dtype=np.float64)
             if strength > 0 and len(run) >= 3:

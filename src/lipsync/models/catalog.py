@@ -16,6 +16,11 @@ public sources, and where none was found the field is ``None``; a checksum is ne
 * buffalo_l.zip: zip sha256 and size, and the sha256 of det_10g.onnx and w600k_r50.onnx inside it,
   pinned by several public projects and by insightface's own model-package table. The w600k_r50.onnx
   size comes from one public README (174,383,860 bytes).
+* face-parsing-bisenet.pth: BiSeNet face parsing trained on CelebAMask-HQ, zllrunning/face-parsing.PyTorch's
+  ``79999_iter.pth`` (published there on Google Drive only). sha256 as pinned by the clibdev/face-parsing
+  .PyTorch README for its GitHub release asset of the same weights; the Hugging Face copies of
+  79999_iter.pth are mirrors (a copy whose bytes differ is rejected by the checksum). No exact size was
+  found pinned: the size is the README's rounded 50.8 MB, used for progress only (as for lipsync_expert).
 
 Licences: the Wav2Lip weights (trained on LRS2) are for non-commercial research use only, per the
 Wav2Lip README; InsightFace's pretrained packs are non-commercial research only; GFPGAN's code and
@@ -37,6 +42,10 @@ WAV2LIP_LICENCE = (
 )
 INSIGHTFACE_LICENCE = "InsightFace pretrained models: non-commercial research use only"
 GFPGAN_LICENCE = "Apache-2.0 (TencentARC GFPGAN code and released weights)"
+FACE_PARSING_LICENCE = (
+    "face-parsing.PyTorch code: MIT; weights trained on CelebAMask-HQ, whose images are for "
+    "non-commercial research and education only"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,19 @@ CATALOG: dict[str, ModelSpec] = {
             size=348_632_874,
             licence=GFPGAN_LICENCE,
             purpose="face restoration (optional enhance step)",
+        ),
+        ModelSpec(
+            name="face_parsing",
+            filename="face-parsing-bisenet.pth",
+            urls=(
+                "https://github.com/clibdev/face-parsing.PyTorch/releases/latest/download/face-parsing-bisenet.pth",
+                "https://huggingface.co/vivym/face-parsing-bisenet/resolve/main/79999_iter.pth",
+                "https://huggingface.co/ManyOtherFunctions/face-parse-bisent/resolve/main/79999_iter.pth",
+            ),
+            sha256="468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567",
+            size=53_267_660,  # the README's rounded "50.8 MB" (MiB): a progress hint, never a check
+            licence=FACE_PARSING_LICENCE,
+            purpose="face parsing (BiSeNet): the occlusion-aware mask keeps the mouth off hands, mics",
         ),
         ModelSpec(
             name="buffalo_l",

@@ -144,6 +144,10 @@ def check_layout(
 def load_into(module: nn.Module, path: str | Path) -> nn.Module:
     """Load the weights in ``path`` into ``module`` strictly (layout checked first). Returns ``module``."""
     state_dict = load_state_dict_file(path)
+    # BatchNorm's batch counters are training bookkeeping that checkpoints saved before torch 0.4.1 lack.
+    for key, value in module.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in state_dict:
+            state_dict[key] = value
     check_layout(module, state_dict, source=str(path))
     module.load_state_dict(state_dict, strict=True)
     return module
@@ -167,7 +171,7 @@ def load_network(
     fp16: bool = False,
     channels_last: bool = False,
 ) -> nn.Module:
-    """Build network ``name`` (wav2lip_gan, wav2lip, lipsync_expert, gfpgan_v1.4), load ``path`` into it
+    """Build network ``name`` (wav2lip_gan, wav2lip, lipsync_expert, gfpgan_v1.4, face_parsing), load ``path`` into it
     strictly and return it in eval mode with gradients off, on ``device``.
 
     ``fp16`` applies on CUDA only; ``channels_last`` converts the memory format. The file is used as

@@ -49,11 +49,15 @@ def needs_for_tracking(settings: Settings) -> list[ModelNeed]:
     return [ModelNeed("buffalo_l", "face detection and recognition", ("det_10g.onnx", "w600k_r50.onnx"))]
 
 
-def needs_for_run(settings: Settings, *, enhance: bool, skip_enhance: str = SKIP_ENHANCE_CLI) -> list[ModelNeed]:
-    """Wav2Lip (the variant the settings choose), the face models, and GFPGAN when enhancing."""
+def needs_for_run(settings: Settings, *, enhance: bool, skip_enhance: str = SKIP_ENHANCE_CLI,
+                  occlusion: bool = False) -> list[ModelNeed]:
+    """Wav2Lip (the variant the settings choose), the face models, GFPGAN when enhancing, and the face
+    parser when the occlusion mask is asked for (``occlusion_mask=on``)."""
     needs = [ModelNeed(settings.wav2lip_model, "lip-sync"), *needs_for_tracking(settings)]
     if enhance:
         needs.append(ModelNeed("gfpgan_v1.4", "enhancement", skip=skip_enhance))
+    if occlusion:
+        needs.append(ModelNeed("face_parsing", "the occlusion mask", skip="--occlusion-mask off"))
     return needs
 
 

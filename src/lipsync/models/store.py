@@ -39,6 +39,7 @@ FILE_OVERRIDES: dict[str, str] = {
     "wav2lip": "wav2lip_checkpoint",
     "lipsync_expert": "syncnet_checkpoint",
     "gfpgan_v1.4": "gfpgan_checkpoint",
+    "face_parsing": "face_parsing_checkpoint",
 }
 # (pack, member) -> the Settings field that replaces that member
 MEMBER_OVERRIDES: dict[tuple[str, str], str] = {

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from lipsync.nets.bisenet import BiSeNet
 from lipsync.nets.blocks import to_channels_last
 from lipsync.nets.gfpgan import GFPGANv1Clean, StyleGAN2GeneratorSFT, gfpgan_v14
 from lipsync.nets.syncnet import SyncNet, stack_lower_halves, sync_score
@@ -22,10 +23,12 @@ NETWORKS: dict[str, Callable[[], nn.Module]] = {
     "wav2lip": Wav2Lip,
     "lipsync_expert": SyncNet,
     "gfpgan_v1.4": gfpgan_v14,
+    "face_parsing": BiSeNet,
 }
 
 __all__ = [
     "NETWORKS",
+    "BiSeNet",
     "GFPGANv1Clean",
     "StyleGAN2GeneratorSFT",
     "SyncNet",

@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.errors import MediaError
+from lipsync.faces.pose import estimate_pose
 from lipsync.media import AudioSource, FrameReader, MediaInfo, VideoWriter, iter_frames
 from lipsync.media.mix import MixedAudioSource
 from lipsync.options import LipSyncOptions
 from lipsync.render.job import FaceJob, RenderJob
 from lipsync.render.stats import PipelineStats, StageTimer
-from lipsync.stages.composite import composite_face
+from lipsync.stages.align_crop import crop_face, crop_mask, face_crop, paste_face
 from lipsync.stages.encode import BackgroundEncoder
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import point_for, render_plan_frame
-from lipsync.stages.lipsync import MouthGenerator, postprocess_face, prepare_face
+from lipsync.stages.lipsync import MouthGenerator
 from lipsync.stages.silence import VoicePlan, fade_face
 from lipsync.types import Track
 
@@ -134,15 +135,17 @@ def face_jobs(
         for ci, track in enumerate(tracks):
             cstats = stats.characters[track.character_id]
             point = point_for(track, plan_frame)
-            box = point.box.padded(pads, width, height) if point is not None else None
+            crop = face_crop(point.box, point.landmarks, pads, width, height) if point is not None else None
             # A face too small (or clipped away) to crop passes through like an absent one.
             # A silent speaker's face passes through too in silence=original mode (weight 0).
             weight = voices.face_weight(ci, i) if voices is not None else 1.0
-            if box is None or box.width < 4 or box.height < 4 or weight <= 0.0:
+            if crop is None or weight <= 0.0:
                 cstats.frames_passed_through += 1
                 continue
             cstats.frames_synced += 1
-            jobs.append(FaceJob(slot, ci, box, point.landmarks, weight))
+            cstats.frames_rotated += not crop.upright
+            cstats.frames_beyond_pose_limit += estimate_pose(point.landmarks).beyond_limits()
+            jobs.append(FaceJob(slot, ci, crop.box, point.landmarks, weight=weight, crop=crop))
     return jobs
 
 
@@ -152,24 +155,27 @@ def sync_faces(
 ) -> None:  # fmt: skip
     """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
     with timer("prepare_faces"):
-        faces = np.stack([prepare_face(frames[j.slot], j.box) for j in jobs])
+        faces = np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
         # Each face's window comes from its own character's track (gated by silence=closed).
         mels = job.voices.mel_windows([j.character for j in jobs], [start + j.slot for j in jobs])
+    with timer("occlusion"):  # visible-face masks of the crops, or none (the plain lower-face mask)
+        visible = job.occlusion(faces) if job.occlusion is not None else [None] * len(jobs)
     with timer("generate"):
         generated = np.concatenate(
             [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
         )
-    by_slot: dict[int, list[tuple[FaceJob, np.ndarray]]] = {}
-    for face_job, face in zip(jobs, generated, strict=True):
-        by_slot.setdefault(face_job.slot, []).append((face_job, face))
+    by_slot: dict[int, list[tuple[FaceJob, np.ndarray, np.ndarray | None]]] = {}
+    for face_job, face, occ in zip(jobs, generated, visible, strict=True):
+        by_slot.setdefault(face_job.slot, []).append((face_job, face, occ))
 
     def composite_frame(slot: int) -> tuple[int, np.ndarray, list[str]]:
         # Faces of one frame go one after the other (they may overlap); frames are independent.
         frame, methods = frames[slot], []
-        for face_job, face in by_slot[slot]:
-            result = composite_face(
-                frame, postprocess_face(face, face_job.box), face_job.box, poisson=options.poisson_blending
-            )
+        for face_job, face, occ in by_slot[slot]:
+            mask = crop_mask(face_job.aligned, shrink=options.mask_shrink, occlusion=occ)
+            soft = crop_mask(face_job.aligned, shrink=options.mask_shrink, occlusion=occ, feather=True)
+            result = paste_face(frame, face, face_job.aligned, mask, poisson=options.poisson_blending,
+                                feather_mask=soft)  # fmt: skip
             frame = fade_face(frame, result.frame, face_job.box, face_job.weight)
             methods.append(result.method)
         return slot, frame, methods

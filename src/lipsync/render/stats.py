@@ -19,6 +19,9 @@ class CharacterStats:
     silence_mode: str = ""
     audio: str = "main"  # the track it follows: "main" or "own"
     vad: str = ""  # the voice activity detector that ran: "silero", or "energy" (the fallback)
+    frames_rotated: int = 0  # synced through a turned (aligned) crop
+    # synced with an estimated yaw or roll beyond lipsync.faces.pose's YAW/ROLL_LIMIT_DEG (warned)
+    frames_beyond_pose_limit: int = 0
 
 
 @dataclass

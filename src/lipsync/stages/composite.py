@@ -162,11 +162,13 @@ def composite_face(
     *,
     poisson: bool = True,
     mask: np.ndarray | None = None,
+    feather_mask: np.ndarray | None = None,
 ) -> CompositeResult:
     """Paste ``generated_crop`` (already resized to the box) into ``frame`` at ``box`` (integer pixels).
 
-    ``mask`` overrides :func:`lower_face_mask` (float 0..1, the crop's size) for both methods; without it,
-    the feathered blend uses :func:`feathered_face_mask`. Pixels where the mask used is 0 are returned
+    ``mask`` overrides :func:`lower_face_mask` (float 0..1, the crop's size) for Poisson, and for the
+    feathered blend too unless ``feather_mask`` is given; with neither, the feathered blend uses
+    :func:`feathered_face_mask` (a soft ramp: the fallback must not leave a hard seam). Pixels where the mask used is 0 are returned
     unchanged, bit for bit; so is everything outside the box. A box reaching outside the frame is
     clipped to it (and blended with the feather, since it touches the border).
     """
@@ -219,8 +221,14 @@ def composite_face(
             method = "poisson"
         except cv2.error as exc:
             log.info("cv2.seamlessClone failed for box %s (%s): feathered blend instead", box, exc)
-    if method == "feather" and not custom:
-        alpha = feathered_face_mask(bh, bw)[inner]
+    if method == "feather" and (feather_mask is not None or not custom):
+        if feather_mask is None:
+            alpha = feathered_face_mask(bh, bw)[inner]
+        else:
+            if feather_mask.shape != (bh, bw):
+                raise InputError(f"feather_mask is {feather_mask.shape}, expected {(bh, bw)}", field="mask")
+            alpha = np.clip(np.nan_to_num(feather_mask.astype(np.float32)), 0.0, 1.0)[inner]
+            alpha[alpha < _ALPHA_FLOOR] = 0.0
         support = alpha > 0.0
     blended = _blend(fg, region, alpha)
     # Enforce the contract exactly: only the mask's support may change.

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.audio import MEL_STEP, mel_batch, num_audio_frames, wav2lip_mel
+from lipsync.audio.mel import MEL_FPS
 from lipsync.audio.vad import SpeechSpans, VoiceDetector, detect_speech
 from lipsync.errors import LipSyncError, MediaError
 from lipsync.media import decode_audio, probe
@@ -138,6 +139,15 @@ class VoicePlan:
               num_out: int) -> VoicePlan:  # fmt: skip
         weights = [speech_weights(v.speech, fps, num_out) for v in voices]
         return cls(voices, follows, weights, mode, fps, [v.frames(fps) for v in voices])
+
+    @classmethod
+    def single(cls, mel: np.ndarray, fps: Fraction, num_out: int, characters: int = 1) -> VoicePlan:
+        """One track, all speech, followed by every character: today's behaviour (``silence=generate``)
+        for callers that have a mel and no VAD (tests, tools)."""
+        seconds = mel.shape[1] / MEL_FPS
+        speech = SpeechSpans(np.array([[0.0, seconds]]), seconds, "none")
+        voice = Voice(Path(""), "audio", mel, round(seconds * AUDIO_RATE), AUDIO_RATE, speech)
+        return cls.build([voice], [0] * characters, "generate", fps, num_out)
 
     def speech_frames(self, character: int) -> int:
         return int(np.count_nonzero(self.weights[self.follows[character]] >= 1.0))
