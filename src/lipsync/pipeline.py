@@ -32,24 +32,25 @@ import numpy as np
 from lipsync.audio import num_audio_frames, wav2lip_mel
 from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound
-from lipsync.faces import FaceBackend, create_face_backend
+from lipsync.faces import (
+    FaceBackend,
+    StreamingTracker,
+    TrackingOptions,
+    build_references,
+    create_face_backend,
+)
 from lipsync.media import MediaInfo, decode_audio, probe
 from lipsync.models import ModelStore, load_network, resolve_device
 from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
-from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
+from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer
+from lipsync.render.pipelined import Tracking, render_pipelined
 from lipsync.request import LipSyncRequest
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
 from lipsync.stages.frames import sources_needed
 from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator
 from lipsync.stages.looping import plan_loop
-from lipsync.stages.track import (
-    TrackingResult,
-    no_face_error,
-    no_progress,
-    probe_video,
-    run_tracking,
-    track_faces,
-)
+from lipsync.stages.track import TrackingResult, no_face_error, no_progress, probe_video, track_faces
+from lipsync.stages.track_cache import TrackCache, backend_fingerprint, cache_key
 from lipsync.types import Character, LoopMode, PlanFrame, Track
 
 __all__ = [
@@ -139,6 +140,8 @@ class LipSyncPipeline:
         self._enhancer = self._as_enhancer(enhancer) if enhancer is not None else None
         self._face_backend = face_backend
         self._lock = threading.RLock()
+        # Shared by every request of this pipeline (and, through the folder, by other processes).
+        self.track_cache = TrackCache.from_settings(settings)
 
     # -- models ---------------------------------------------------------------------------------------
 
@@ -264,23 +267,38 @@ class LipSyncPipeline:
         stats.fps, stats.loop_mode = float(job.fps), job.mode
         stats.duration_s = stats.frames / stats.fps
 
-        # 3. Track the characters over the source frames the plan uses (once, not once per loop pass).
-        with timer("track"):
-            tracks = run_tracking(job.video, job.info, backend, request.characters, options, job.needed, report)
-        if not any(len(t) for t in tracks):
-            raise no_face_error(request.characters, options.similarity_threshold, backend)
+        # 3. Tracking: the cached tracks of this video and settings, else a streaming tracker that runs
+        #    inside the render, over the source frames the plan uses (the video is decoded once for both).
+        with timer("track_cache"):
+            tracking, key = self._tracking(request, job, backend)
+        views = tracking.views()
+        for view in views:
+            stats.characters[view.character_id] = CharacterStats(view.character_id, view.name)
+
+        # 4 + 5. Track, generate, composite, enhance and encode, every stage on its own thread.
+        batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
+        stats.batch_size = batch
+        stats.device = str(getattr(generator, "device", "custom"))
+        output = Path(request.output)
+        render_pipelined(job, options, output, tracking, generator, enhancer, batch, timer, stats, report)
+        tracks = tracking.tracks if tracking.tracker is None else tracking.tracker.build()
+        if tracking.leader is not None and not tracking.leader.used <= {tracking.tracker.leader()}:
+            # Without characters the most prominent face is known only at the end; it changed after
+            # frames were rendered with another, so render again with the final track (rare: two faces
+            # of similar prominence). The result is the same as a batch tracker's.
+            log.info("the most prominent face changed during the render; rendering again with the final track")
+            stats.reset_render()
+            for track in tracks:
+                stats.characters[track.character_id] = CharacterStats(track.character_id, track.name)
+            again = Tracking(tracks=tracks)
+            render_pipelined(job, options, output, again, generator, enhancer, batch, timer, stats, report)
+        if self.track_cache is not None and key is not None and tracking.tracker is not None:
+            self.track_cache.put(key, tracks)
         for t in tracks:
             if not len(t):
                 log.warning(
                     "character %r (%s) was not found; its frames pass through", t.name, t.character_id
                 )
-            stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
-
-        # 4 + 5. Generate, composite, enhance and encode, one bounded batch of output frames at a time.
-        batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
-        stats.batch_size = batch
-        stats.device = str(getattr(generator, "device", "custom"))
-        render(job, options, Path(request.output), tracks, generator, enhancer, batch, timer, stats, report)
 
         # 6. Return the result with statistics.
         stats.stage_seconds = dict(timer.seconds)
@@ -291,10 +309,30 @@ class LipSyncPipeline:
             request.output, stats.frames, stats.faces_synced, stats.poisson, stats.feather, stats.realtime_factor,
         )  # fmt: skip
         return LipSyncResult(
-            output=Path(request.output), info=job.info, stats=stats, tracks=tracks, plan=job.plan
+            output=output, info=job.info, stats=stats, tracks=tracks, plan=job.plan
         )
 
     # -- steps in detail ------------------------------------------------------------------------------
+
+    def _tracking(self, request: LipSyncRequest, job: RenderJob, backend: FaceBackend) -> tuple[Tracking, str | None]:
+        """Known tracks from the cache, or a streaming tracker (and the key to store its tracks under)."""
+        characters = list(request.characters)
+        options = TrackingOptions.from_job(request.options)
+        key = None
+        if self.track_cache is not None:
+            fingerprint = backend_fingerprint(backend, self.settings)
+            key = cache_key(job.video, characters, options, fingerprint, job.needed)
+            cached = self.track_cache.get(key, job.needed)
+            if cached is not None and any(len(t) for t in cached):
+                return Tracking(tracks=cached), key
+        threshold = request.options.similarity_threshold
+
+        def found_nobody(tracker: StreamingTracker) -> None:
+            if not any(len(t) for t in tracker.build()):
+                raise no_face_error(characters, threshold, backend)
+
+        tracker = StreamingTracker(backend, build_references(backend, characters), options)
+        return Tracking(tracker=tracker, on_done=found_nobody), key
 
     def _plan(self, request: LipSyncRequest) -> RenderJob:
         video = Path(request.video)

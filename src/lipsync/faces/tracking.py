@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from lipsync.faces.backend import FaceBackend, embed_faces, similarity_matrix
 from lipsync.faces.matching import CharacterRef, build_references, match_faces
+from lipsync.faces.shots import ShotChangeDetector
 from lipsync.faces.smoothing import contiguous_runs, smooth_segment
 from lipsync.options import TrackOptions
 from lipsync.types import Box, Character, Face, Pads, Track, TrackPoint
@@ -100,36 +100,6 @@ class TrackingOptions:
             raise ValueError("max_buffered_frames must be >= 1")
 
 
-# --- shot changes ------------------------------------------------------------------------------------
-
-
-class ShotChangeDetector:
-    """Declares a cut when the HSV histogram of a 96x54 thumbnail changes by more than ``threshold``
-    (Bhattacharyya distance, 0 = same distribution, 1 = disjoint). About a millisecond per 1080p frame."""
-
-    def __init__(self, threshold: float = 0.3) -> None:
-        self.threshold = float(threshold)
-        self._previous: np.ndarray | None = None
-        self.last_distance = 0.0
-
-    @staticmethod
-    def signature(frame_bgr: np.ndarray) -> np.ndarray:
-        thumb = cv2.resize(frame_bgr, (96, 54), interpolation=cv2.INTER_AREA)
-        hsv = cv2.cvtColor(thumb, cv2.COLOR_BGR2HSV)
-        hist = cv2.calcHist([hsv], [0, 1, 2], None, [12, 4, 4], [0, 180, 0, 256, 0, 256])
-        return cv2.normalize(hist, hist).astype(np.float32)
-
-    def update(self, frame_bgr: np.ndarray) -> bool:
-        """True when ``frame_bgr`` starts a new shot (never for the first frame)."""
-        sig = self.signature(frame_bgr)
-        prev, self._previous = self._previous, sig
-        if prev is None:
-            self.last_distance = 0.0
-            return False
-        self.last_distance = float(cv2.compareHist(prev, sig, cv2.HISTCMP_BHATTACHARYYA))
-        return self.last_distance > self.threshold
-
-
 # --- tracking ----------------------------------------------------------------------------------------
 
 
@@ -178,6 +148,9 @@ class _Tracker:
         self.last_frame: tuple[int, np.ndarray] | None = None
         self.size: tuple[int, int] | None = None  # (width, height)
         self.detections = 0
+        # (identity, frame) of every probe (present or absent) since the streaming reader last drained
+        # them: how lipsync.faces.streaming learns what changed without rescanning the identities.
+        self.new_probes: list[tuple[int, int]] = []
 
     # --- driving ----------------------------------------------------------------------------------
 
@@ -258,6 +231,7 @@ class _Tracker:
         for k, (obs, emb) in analysis.matched.items():
             ident = self.identities[k]
             ident.present[index] = obs
+            self.new_probes.append((k, index))
             ident.area += obs.box.area
             if ident.anonymous:
                 # Running mean of the anonymous identity, so it follows slow appearance changes.
@@ -295,6 +269,7 @@ class _Tracker:
                     ident.present[idx] = hit[0]
                 else:
                     ident.absent.add(idx)
+                self.new_probes.append((k, idx))
                 if (hit is not None) == at_lo:
                     a = m
                 else:
@@ -376,35 +351,23 @@ def _lerp(a: _Obs, b: _Obs, t: float) -> _Obs:
     )
 
 
-def track_characters(
+def track_characters_batch(
     frames: Iterable[np.ndarray],
     backend: FaceBackend,
     characters: Sequence[Character] = (),
     options: TrackingOptions | None = None,
-    num_frames: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
     *,
     references: Sequence[CharacterRef] | None = None,
 ) -> list[Track]:
-    """Track ``characters`` (or the most prominent face when there are none) through ``frames``.
-
-    ``frames`` is consumed once, in order (BGR uint8 arrays that the producer does not reuse).
-    ``references`` may be given to skip recomputing the characters' reference embeddings.
-    ``progress(done, total)`` is called after each frame; ``total`` is ``num_frames`` or 0 when unknown.
-    Returns one Track per character, in the given order (boxes unpadded; see :func:`pad_track`).
-    """
+    """The reference tracker: every decision taken at the end of ``frames``. Production code uses the
+    streaming tracker (lipsync.faces.streaming.track_characters), which gives the same tracks; this one
+    stays as the oracle its tests compare against."""
     options = options or TrackingOptions()
     refs = list(references) if references is not None else build_references(backend, characters)
     tracker = _Tracker(backend, refs, options)
-    total = int(num_frames or 0)
-    done = 0
     for index, frame in enumerate(frames):
         tracker.push(index, frame)
-        done = index + 1
-        if progress is not None:
-            progress(done, total)
     tracker.finish()
-    log.debug("tracked %d frames with %d detections, %d cuts", done, tracker.detections, len(tracker.cuts))
     return tracker.build()
 
 

@@ -137,14 +137,36 @@ def sync_faces(
     frames: list[np.ndarray], jobs: list[FaceJob], start: int, job: RenderJob, generator: MouthGenerator,
     batch: int, options: LipSyncOptions, timer: StageTimer, stats: PipelineStats, pool: Executor,
 ) -> None:  # fmt: skip
-    """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
+    """Crop, generate and composite every face of one batch of output frames (in place in ``frames``).
+    Its three parts are also the pipelined engine's prepare, generate and composite stages."""
     with timer("prepare_faces"):
-        faces = np.stack([prepare_face(frames[j.slot], j.box) for j in jobs])
-        mels = mel_batch(job.mel, [start + j.slot for j in jobs], job.fps)
+        faces, mels = sync_prepare(frames, jobs, start, job)
     with timer("generate"):
-        generated = np.concatenate(
-            [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
-        )
+        generated = sync_generate(faces, mels, generator, batch)
+    with timer("composite"):
+        sync_composite(frames, jobs, generated, options, stats, pool)
+
+
+def sync_prepare(
+    frames: list[np.ndarray], jobs: list[FaceJob], start: int, job: RenderJob
+) -> tuple[np.ndarray, np.ndarray]:
+    """The generator's inputs for the faces of one batch: 96x96 crops and their mel windows."""
+    faces = np.stack([prepare_face(frames[j.slot], j.box) for j in jobs])
+    mels = mel_batch(job.mel, [start + j.slot for j in jobs], job.fps)
+    return faces, mels
+
+
+def sync_generate(faces: np.ndarray, mels: np.ndarray, generator: MouthGenerator, batch: int) -> np.ndarray:
+    return np.concatenate(
+        [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(faces), batch)]
+    )
+
+
+def sync_composite(
+    frames: list[np.ndarray], jobs: list[FaceJob], generated: np.ndarray, options: LipSyncOptions,
+    stats: PipelineStats, pool: Executor,
+) -> None:  # fmt: skip
+    """Paste each generated face back into its frame (in place in ``frames``)."""
     by_slot: dict[int, list[tuple[FaceJob, np.ndarray]]] = {}
     for face_job, face in zip(jobs, generated, strict=True):
         by_slot.setdefault(face_job.slot, []).append((face_job, face))
@@ -160,9 +182,8 @@ def sync_faces(
             methods.append(result.method)
         return slot, frame, methods
 
-    with timer("composite"):
-        for slot, frame, methods in pool.map(composite_frame, list(by_slot)):
-            frames[slot] = frame
-            stats.poisson += methods.count("poisson")
-            stats.feather += len(methods) - methods.count("poisson")
+    for slot, frame, methods in pool.map(composite_frame, list(by_slot)):
+        frames[slot] = frame
+        stats.poisson += methods.count("poisson")
+        stats.feather += len(methods) - methods.count("poisson")
     stats.faces_synced += len(jobs)
