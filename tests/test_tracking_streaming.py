@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -130,7 +131,7 @@ def test_streaming_equals_batch_on_real_clips_with_dlib(name):
     class Recorded(DlibBackend):
         """Detections computed once per frame and replayed, so both trackers see the same faces."""
 
-        seen: dict = {}
+        seen: ClassVar[dict] = {}
 
         def detect(self, frame_bgr):
             key = hashlib.blake2b(frame_bgr.tobytes(), digest_size=16).digest()

@@ -239,7 +239,7 @@ class LipSyncPipeline:
         """Tracking alone, with this pipeline's face backend (the API's /face-tracking)."""
         return track_faces(
             video, characters, options or TrackOptions(), backend=self.get_face_backend(),
-            settings=self.settings, progress=progress,
+            settings=self.settings, progress=progress, cache=self.track_cache,
         )  # fmt: skip
 
     def __call__(self, request: LipSyncRequest, progress: ProgressCallback | None = None) -> LipSyncResult:

@@ -55,14 +55,10 @@ def track(
     options = options_from_cli(TrackOptions, settings_given)
     chars = parse_character_specs(characters)
 
-    from lipsync.faces import (
-        TrackingOptions,
-        create_face_backend,
-        render_tracking,
-        track_characters,
-        tracks_to_json,
-    )
-    from lipsync.media import MediaLimits, iter_frames, probe
+    from lipsync.faces import create_face_backend, render_tracking, tracks_to_json
+    from lipsync.media import MediaLimits, probe
+    from lipsync.stages.track import run_tracking
+    from lipsync.stages.track_cache import TrackCache
 
     overrides: dict = {}
     if backend is not None:
@@ -75,10 +71,10 @@ def track(
         raise click.BadParameter(f"{video} has no video stream", param_hint="--video")
     faces = create_face_backend(settings)
     with ProgressBar(progress) as bar:
-        tracks = track_characters(
-            iter_frames(video, info=info), faces, chars, TrackingOptions.from_job(options),
-            num_frames=info.num_frames,
-            progress=bar.for_label("tracking"),
+        tracking = bar.for_label("tracking")
+        tracks = run_tracking(
+            video, info, faces, chars, options, info.num_frames, lambda _stage, done, total: tracking(done, total),
+            cache=TrackCache.from_settings(settings), settings=settings,
         )  # fmt: skip
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
