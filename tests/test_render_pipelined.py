@@ -240,3 +240,49 @@ def test_cancellation_mid_run_stops_within_a_second(tmp_path, media):
     assert asked and time.monotonic() - asked[0] < 1.0
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*partial*"))
     assert _lipsync_threads() == before
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+_RSS_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+sys.path.insert(0, {bench!r})
+from pathlib import Path
+from _common import peak_rss_mb
+from lipsync.config import Settings
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+from pipeline_fixtures import ColorFaceBackend, IdentityGenerator
+pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(16), face_backend=ColorFaceBackend())
+opts = LipSyncOptions(enhance="off", loop_mode={mode!r}, wav2lip_batch_size=16)
+result = pipe(LipSyncRequest(Path({video!r}), Path({audio!r}), Path({out!r}), options=opts))
+print(result.stats.frames, peak_rss_mb())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "video_s", "audio_s"), [("none", (3, 30), (3, 30)), ("crossfade", (3, 3), (3, 30))])
+def test_peak_rss_is_flat_in_the_length_of_the_render(tmp_path, mode, video_s, audio_s):
+    """A long synthetic clip (or a long loop of a short one) with a tiny generator double: the pipelined
+    render's peak RSS does not follow the number of frames (10x here)."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for v_s, a_s in zip(video_s, audio_s, strict=True):
+        video = write_synthetic_video(
+            tmp_path / f"v{v_s}.mp4", [FaceSpec("red", moving_box(30, 20, 60, 80, dx=0.02))],
+            width=320, height=240, seconds=v_s,
+        )  # fmt: skip
+        audio = write_speechlike_wav(tmp_path / f"a{a_s}.wav", a_s)
+        tests = Path(__file__).parent
+        code = _RSS_CHILD.format(tests=str(tests), bench=str(tests.parent / "benchmarks"), mode=mode,
+                                 video=str(video), audio=str(audio), out=str(tmp_path / f"o{a_s}.mp4"))  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        frames, peak = proc.stdout.split()[-2:]
+        peaks[int(frames)] = float(peak)
+    short, long_ = sorted(peaks)
+    assert long_ >= 9 * short
+    assert peaks[long_] <= 1.15 * peaks[short], peaks

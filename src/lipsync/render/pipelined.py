@@ -6,8 +6,9 @@ The video is decoded once for tracking and the first pass of the plan; loop pass
 frames they need through a FrameReader (as the serial renderer does), with the track kept. When the
 tracks are already known (the tracking cache), the track stage is left out.
 
-Memory: the pictures alive at once are bounded by FRAME_BUFFER_BYTES across the batch stages, plus the
-track stage's window (TRACK_WINDOW_BYTES) and a few frames per pipe: flat in the video's length.
+Memory: the pictures alive at once are bounded by PIPELINE_FRAME_BYTES across the batch stages, plus the
+track stage's window (TRACK_WINDOW_BYTES, about sample_every + 12 frames at the default settings) and a
+few frames per pipe: flat in the video's length.
 A failed or cancelled run raises its error and leaves no file at ``output``.
 """
 
@@ -44,8 +45,10 @@ from lipsync.types import Track
 ProgressCallback = Callable[[str, int, int], None]
 
 BATCH_DEPTH = 2  # batches a pipe between two batch stages holds
-FRAME_DEPTH = 8  # source frames a pipe between decode, track and the frame stage holds
-# Batches in flight at once: the frame budget is shared by this many, so each stays under budget/N.
+FRAME_DEPTH = 4  # source frames a pipe between decode, track and the frame stage holds
+# Output pictures alive at once across the batch stages (twice the serial renderer's one batch), shared
+# by about BATCHES_IN_FLIGHT batches so that every stage has one to work on: 1080p gets batches of 20.
+PIPELINE_FRAME_BYTES = 2 * FRAME_BUFFER_BYTES
 BATCHES_IN_FLIGHT = 4
 PROGRESS_EVERY_S = 0.25  # the encoder thread reports (and so notices a cancellation) at least this often
 
@@ -71,7 +74,7 @@ class Tracking:
 
 def chunk_frames(job: RenderJob, batch: int) -> int:
     frame_bytes = max(1, job.info.display_width * job.info.display_height * 3)
-    return max(1, min(batch, FRAME_BUFFER_BYTES // (BATCHES_IN_FLIGHT * frame_bytes)))
+    return max(1, min(batch, PIPELINE_FRAME_BYTES // (BATCHES_IN_FLIGHT * frame_bytes)))
 
 
 def render_pipelined(
@@ -85,7 +88,7 @@ def render_pipelined(
     chunk = chunk_frames(job, batch)
     width, height = job.info.display_width, job.info.display_height
     state = RunState()
-    budget = FrameBudget(state, FRAME_BUFFER_BYTES)
+    budget = FrameBudget(state, PIPELINE_FRAME_BYTES)
     views = tracking.views()
     stages = [Stage("decode", decode_stage(job, timer), FRAME_DEPTH)]
     if tracking.tracker is not None:
