@@ -4,16 +4,17 @@
 
 1. check the inputs (errors name the offending field) and load the models, so a missing one fails fast;
 2. probe the video, decode the audio, plan the loop, and take one mel window per output frame;
-3. track the characters over the *source* frames the plan uses (once, not per loop pass);
-4. render (lipsync.render): in bounded batches of output frames, crop each tracked face, run Wav2Lip,
-   paste the mouth back (Poisson, feathered fallback), and optionally enhance the synced faces with GFPGAN;
+3. tracking: the cached tracks of this video and settings (lipsync.stages.track_cache), or a streaming
+   tracker over the *source* frames the plan uses (once, not per loop pass), run inside the render;
+4. render (lipsync.render.pipelined), every stage concurrently: decode, track, crop each tracked face,
+   run Wav2Lip, paste the mouth back (Poisson, feathered fallback), optionally enhance with GFPGAN;
 5. encode as the frames are finished, with the new audio streamed from its file (at its own rate, up to
    48 kHz, mono or stereo) and trimmed or padded to the video;
 6. return the output path with statistics.
 
 A request is its input files plus one validated :class:`lipsync.options.LipSyncOptions`; the settings are
-read from it as they are. Memory is bounded by the batch size and a few cached decode blocks, never by the
-video's length; the new audio is held only as its mel spectrogram. Models are loaded on first use and kept
+read from it as they are. Memory is bounded by the render's frame budget and a few cached decode blocks,
+never by the video's length; the new audio is held only as its mel spectrogram. Models are loaded on first use and kept
 on the pipeline, so one pipeline serves many requests; everything about a request stays local to the call.
 """
 

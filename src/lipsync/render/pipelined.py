@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lipsync.faces import StreamingTracker
+from lipsync.faces.tracking import ANONYMOUS_ID
 from lipsync.media import VideoWriter
 from lipsync.options import LipSyncOptions
 from lipsync.render.engine import FrameBudget, RunState, Stage, run_stages
@@ -63,11 +64,13 @@ class Tracking:
     leader: LeaderTrack | None = None  # without characters, the live view of the leading face
 
     def views(self) -> Sequence:
+        """What the frame stage reads each character's face from (the same objects on every call)."""
         if self.tracks is not None:
             return self.tracks
         assert self.tracker is not None
         if self.tracker.anonymous:
-            self.leader = LeaderTrack(self.tracker, "face")
+            if self.leader is None:
+                self.leader = LeaderTrack(self.tracker, ANONYMOUS_ID)
             return [self.leader]
         return self.tracker.tracks
 
