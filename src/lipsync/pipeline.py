@@ -291,8 +291,12 @@ class LipSyncPipeline:
             stats.reset_render()
             for track in tracks:
                 stats.characters[track.character_id] = CharacterStats(track.character_id, track.name)
-            again = Tracking(tracks=tracks)
-            render_pipelined(job, options, output, again, generator, enhancer, batch, timer, stats, report)
+            try:
+                again = Tracking(tracks=tracks)
+                render_pipelined(job, options, output, again, generator, enhancer, batch, timer, stats, report)
+            except BaseException:
+                output.unlink(missing_ok=True)  # the first render's file showed the wrong face
+                raise
         if self.track_cache is not None and key is not None and tracking.tracker is not None:
             self.track_cache.put(key, tracks)
         for t in tracks:
