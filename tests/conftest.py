@@ -3,10 +3,15 @@ else is synthesised by the tests themselves."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Tests never share tracks through the user's cache folder (a hit would skip the tracking they test);
+# the cache's own tests turn it on, in a temporary folder.
+os.environ["LIPSYNC_TRACK_CACHE"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

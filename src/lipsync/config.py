@@ -15,6 +15,10 @@ def _default_models_dir() -> Path:
     return Path.home() / ".cache" / "lipsync" / "models"
 
 
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "lipsync"
+
+
 class Settings(BaseSettings):
     """Every setting, its environment variable, and its default. The README's table mirrors this class."""
 
@@ -72,6 +76,16 @@ class Settings(BaseSettings):
     download_connect_timeout_s: float = Field(10.0, gt=0)
     download_read_timeout_s: float = Field(30.0, gt=0)
     download_total_timeout_s: float = Field(600.0, gt=0)
+    # --- tracking cache (tracks depend on the video and the tracking settings, not on the audio) ------
+    track_cache: bool = Field(True, description="Reuse the face tracks of a video tracked before (same "
+                              "content, tracking settings, characters and face backend).")
+    track_cache_dir: Path | None = Field(
+        None, description="Where cached tracks live (default: <work_dir>/track-cache, else ~/.cache/lipsync/"
+        "track-cache)."
+    )
+    track_cache_max_mb: int = Field(512, ge=1, description="Cached tracks kept at most, in MB (least "
+                                    "recently used go first).")
+    track_cache_max_entries: int = Field(256, ge=1, description="Cached videos kept at most.")
     queue_size: int = Field(100, ge=1, description="Jobs that may wait; beyond that, 429.")
     workers: int | None = Field(None, ge=1, description="Worker count (default: one per GPU, one on CPU).")
     upload_total_timeout_s: float = Field(1800.0, gt=0, description="Total time for PUTting one result.")

@@ -5,18 +5,20 @@
 1. check the inputs (errors name the offending field) and load the models, so a missing one fails fast;
 2. probe the video, decode the driving tracks (the main audio and any character's own stem) into their
    mels and speech spans (voice activity), plan the loop over the longest track;
-3. track the characters over the *source* frames the plan uses (once, not per loop pass);
-4. render (lipsync.render): in bounded batches of output frames, crop each tracked face, run Wav2Lip on
-   the mel of the track its character follows (silence-aware, lipsync.stages.silence), paste the mouth
-   back (Poisson, feathered fallback), and optionally enhance the synced faces with GFPGAN;
+3. tracking: the cached tracks of this video and settings (lipsync.stages.track_cache), or a streaming
+   tracker over the *source* frames the plan uses (once, not per loop pass), run inside the render;
+4. render (lipsync.render.pipelined), every stage concurrently: decode, track, crop each tracked face
+   (aligned to its landmarks), run Wav2Lip on the mel of the track its character follows (silence-aware,
+   lipsync.stages.silence), paste the mouth back (Poisson, feathered fallback), optionally enhance;
 5. encode as the frames are finished, with the sound streamed from its file(s): the main audio, else the
    characters' stems mixed (at the highest rate, up to 48 kHz, mono or stereo), trimmed or padded to the
    video;
 6. return the output path with statistics.
 
 A request is its input files plus one validated :class:`lipsync.options.LipSyncOptions`; the settings are
-read from it as they are. Memory is bounded by the batch size and a few cached decode blocks, never by the
-video's length; each driving track is held only as its mel spectrogram and speech spans. Models are loaded on first use and kept
+read from it as they are. Memory is bounded by the render's frame budget and a few cached decode blocks,
+never by the video's length; each driving track is held only as its mel and speech spans. Models are loaded
+on first use and kept
 on the pipeline, so one pipeline serves many requests; everything about a request stays local to the call.
 """
 
@@ -24,16 +26,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lipsync.audio.vad import VoiceDetector, load_detector
-from lipsync.config import Settings
+from lipsync.audio.vad import VoiceDetector
 from lipsync.errors import InputError, MediaError
-from lipsync.faces import FaceBackend, create_face_backend
+from lipsync.faces import (
+    FaceBackend,
+    StreamingTracker,
+    TrackingOptions,
+    build_references,
+)
 from lipsync.faces.pose import ROLL_LIMIT_DEG, YAW_LIMIT_DEG
 from lipsync.media import (
     MediaInfo,
@@ -44,24 +49,16 @@ from lipsync.media import (
     check_output_frames,
     source_audio_offset,
 )
-from lipsync.models import ModelStore, load_network, resolve_device
-from lipsync.options import EnhanceChoice, LipSyncOptions, TrackOptions, resolve_enhance, resolve_occlusion
-from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
+from lipsync.options import LipSyncOptions, TrackOptions
+from lipsync.pipeline_models import PipelineModels
+from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer
+from lipsync.render.pipelined import Tracking, render_pipelined
 from lipsync.request import LipSyncRequest, check_audio_sources
-from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
 from lipsync.stages.frames import sources_needed
-from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator
 from lipsync.stages.looping import plan_loop
-from lipsync.stages.occlusion import FaceParsingMasker, OcclusionMasker
 from lipsync.stages.silence import Voice, VoicePlan, load_voice, output_rate
-from lipsync.stages.track import (
-    TrackingResult,
-    no_face_error,
-    no_progress,
-    probe_video,
-    run_tracking,
-    track_faces,
-)
+from lipsync.stages.track import TrackingResult, no_face_error, no_progress, probe_video, track_faces
+from lipsync.stages.track_cache import backend_fingerprint, cache_key
 from lipsync.types import Character, LoopMode, PlanFrame, Track
 
 __all__ = [
@@ -125,134 +122,12 @@ def check_characters(characters: Sequence[Character]) -> None:
 # --- the pipeline ---------------------------------------------------------------------------------------
 
 
-class LipSyncPipeline:
-    """Lip-syncs videos. Models load lazily on first use (or with ``load_models``) and are reused."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        generator: MouthGenerator | None = None,
-        enhancer: FaceEnhancer | FaceRestorer | None = None,
-        face_backend: FaceBackend | None = None,
-        store: ModelStore | None = None,
-        device: str | None = None,
-        occlusion: OcclusionMasker | None = None,
-    ) -> None:
-        """``device`` (e.g. ``"cuda:1"``) overrides ``settings.device`` for the torch networks, so a server
-        can keep one pipeline per GPU."""
-        self.settings = settings
-        self.device = device or settings.device
-        self._store = store
-        self._generator = generator
-        self._enhancer = self._as_enhancer(enhancer) if enhancer is not None else None
-        self._face_backend = face_backend
-        self._vad: VoiceDetector | None = None
-        self._occlusion = occlusion
-        self._lock = threading.RLock()
-
-    # -- models ---------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _as_enhancer(enhancer: FaceEnhancer | FaceRestorer) -> FaceEnhancer:
-        return enhancer if isinstance(enhancer, FaceEnhancer) else FaceEnhancer(enhancer)
-
-    @property
-    def store(self) -> ModelStore:
-        with self._lock:
-            if self._store is None:
-                self._store = ModelStore(self.settings)
-            return self._store
-
-    @property
-    def generator_loaded(self) -> bool:
-        return self._generator is not None
-
-    @property
-    def enhancer_loaded(self) -> bool:
-        return self._enhancer is not None
-
-    @property
-    def face_backend_loaded(self) -> bool:
-        return self._face_backend is not None
-
-    def share_face_backend(self, backend: FaceBackend) -> None:
-        """Use another pipeline's face backend instead of loading a second copy."""
-        with self._lock:
-            if self._face_backend is None:
-                self._face_backend = backend
-
-    def load_models(self, enhance: bool = True) -> None:
-        self.get_face_backend()
-        self.get_generator()
-        if enhance:
-            self.get_enhancer()
-
-    def get_generator(self) -> MouthGenerator:
-        with self._lock:
-            if self._generator is None:
-                device = resolve_device(self.device)
-                name = self.settings.wav2lip_model
-                path = self.store.ensure(name)
-                log.info("loading %s from %s on %s", name, path, device)
-                net = load_network(name, path, device=device)
-                self._generator = Wav2LipGenerator(
-                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16
-                )
-            return self._generator
-
-    def get_enhancer(self) -> FaceEnhancer:
-        with self._lock:
-            if self._enhancer is None:
-                device = resolve_device(self.device)
-                path = self.store.ensure("gfpgan_v1.4")
-                log.info("loading gfpgan_v1.4 from %s on %s", path, device)
-                if device.type == "cpu":
-                    log.warning("GFPGAN enhancement on a CPU takes seconds per face; turn it off for speed")
-                net = load_network("gfpgan_v1.4", path, device=device)
-                self._enhancer = FaceEnhancer(GFPGANRestorer(net, device, fp16=self.settings.fp16))
-            return self._enhancer
-
-    def get_vad(self) -> VoiceDetector:
-        """silero-vad through onnxruntime (its file ships in the silero-vad package), else the energy VAD."""
-        with self._lock:
-            if self._vad is None:
-                self._vad = load_detector()
-            return self._vad
-
-    def get_occlusion(self, choice: EnhanceChoice) -> OcclusionMasker | None:
-        """The occlusion masker for a request's ``occlusion_mask`` setting (see ``resolve_occlusion``); a
-        masker given to the constructor counts as present."""
-        with self._lock:
-            device = resolve_device(self.device)
-            present = self._occlusion is not None or self.store.path_for("face_parsing").is_file()
-            if not resolve_occlusion(choice, present, device.type):
-                return None
-            if self._occlusion is None:
-                path = self.store.ensure("face_parsing")
-                log.info("loading face_parsing from %s on %s", path, device)
-                self._occlusion = FaceParsingMasker(load_network("face_parsing", path, device=device), device)
-            return self._occlusion
-
-    def get_face_backend(self) -> FaceBackend:
-        with self._lock:
-            if self._face_backend is None:
-                store = None if self.settings.face_backend == "dlib" else self.store
-                self._face_backend = create_face_backend(self.settings, store)
-            return self._face_backend
+class LipSyncPipeline(PipelineModels):
+    """Lip-syncs videos. Models load lazily on first use (or with ``load_models``) and are reused.
+    One pipeline serves many requests: the models (lipsync.pipeline_models) load on first use and
+    stay; everything about a request stays local to the call."""
 
     # -- the recipe -----------------------------------------------------------------------------------
-
-    def enhance_enabled(self, options: LipSyncOptions) -> bool:
-        """The request's ``enhance`` setting on this pipeline's device (``auto``: on under CUDA only)."""
-        device = resolve_device(self.device).type
-        on = resolve_enhance(options.enhance, device)
-        if options.enhance == "auto":
-            log.info(
-                "enhance=auto: GFPGAN enhancement %s on %s%s", "on" if on else "off", device,
-                "" if on else " (it costs seconds a face on a CPU; enhance=on forces it)",
-            )  # fmt: skip
-        return on
 
     def track(
         self,
@@ -265,7 +140,7 @@ class LipSyncPipeline:
         """Tracking alone, with this pipeline's face backend (the API's /face-tracking)."""
         return track_faces(
             video, characters, options or TrackOptions(), backend=self.get_face_backend(),
-            settings=self.settings, progress=progress,
+            settings=self.settings, progress=progress, cache=self.track_cache,
         )  # fmt: skip
 
     def __call__(self, request: LipSyncRequest, progress: ProgressCallback | None = None) -> LipSyncResult:
@@ -297,23 +172,44 @@ class LipSyncPipeline:
         stats.fps, stats.loop_mode = float(job.fps), job.mode
         stats.duration_s = stats.frames / stats.fps
 
-        # 3. Track the characters over the source frames the plan uses (once, not once per loop pass).
-        with timer("track"):
-            tracks = run_tracking(job.video, job.info, backend, request.characters, options, job.needed, report)
-        if not any(len(t) for t in tracks):
-            raise no_face_error(request.characters, options.similarity_threshold, backend)
+        # 3. Tracking: the cached tracks of this video and settings, else a streaming tracker that runs
+        #    inside the render, over the source frames the plan uses (the video is decoded once for both).
+        with timer("track_cache"):
+            tracking, key = self._tracking(request, job, backend)
+        views = tracking.views()
+        for view in views:
+            stats.characters[view.character_id] = CharacterStats(view.character_id, view.name)
+
+        # 4 + 5. Track, generate, composite, enhance and encode, every stage on its own thread.
+        batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
+        stats.batch_size = batch
+        stats.device = str(getattr(generator, "device", "custom"))
+        output = Path(request.output)
+        render_pipelined(job, options, output, tracking, generator, enhancer, batch, timer, stats, report)
+        tracks = tracking.tracks if tracking.tracker is None else tracking.tracker.build()
+        if tracking.leader is not None and not tracking.leader.used <= {tracking.tracker.leader()}:
+            # Without characters the most prominent face is known only at the end; it changed after
+            # frames were rendered with another, so render again with the final track (rare: two faces
+            # of similar prominence). The result is the same as a batch tracker's.
+            log.info("the most prominent face changed during the render; rendering again with the final track")
+            stats.reset_render()
+            for track in tracks:
+                stats.characters[track.character_id] = CharacterStats(track.character_id, track.name)
+            try:
+                again = Tracking(tracks=tracks)
+                render_pipelined(job, options, output, again, generator, enhancer, batch, timer, stats, report)
+            except BaseException:
+                output.unlink(missing_ok=True)  # the first render's file showed the wrong face
+                raise
+        if self.track_cache is not None and key is not None and tracking.tracker is not None:
+            self.track_cache.put(key, tracks)
         for index, t in enumerate(tracks):
             if not len(t):
                 log.warning(
                     "character %r (%s) was not found; its frames pass through", t.name, t.character_id
                 )
-            stats.characters[t.character_id] = self._character_stats(job, index, t)
-
-        # 4 + 5. Generate, composite, enhance and encode, one bounded batch of output frames at a time.
-        batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
-        stats.batch_size = batch
-        stats.device = str(getattr(generator, "device", "custom"))
-        render(job, options, Path(request.output), tracks, generator, enhancer, batch, timer, stats, report)
+            # The silence statistics (speech and silent frames, the track followed) come from the plan.
+            self._voice_stats(stats.characters[t.character_id], job, index, t)
 
         # 6. Return the result with statistics (and a word on faces Wav2Lip was not trained for).
         for c in stats.characters.values():
@@ -331,10 +227,30 @@ class LipSyncPipeline:
             request.output, stats.frames, stats.faces_synced, stats.poisson, stats.feather, stats.realtime_factor,
         )  # fmt: skip
         return LipSyncResult(
-            output=Path(request.output), info=job.info, stats=stats, tracks=tracks, plan=job.plan
+            output=output, info=job.info, stats=stats, tracks=tracks, plan=job.plan
         )
 
     # -- steps in detail ------------------------------------------------------------------------------
+
+    def _tracking(self, request: LipSyncRequest, job: RenderJob, backend: FaceBackend) -> tuple[Tracking, str | None]:
+        """Known tracks from the cache, or a streaming tracker (and the key to store its tracks under)."""
+        characters = list(request.characters)
+        options = TrackingOptions.from_job(request.options)
+        key = None
+        if self.track_cache is not None:
+            fingerprint = backend_fingerprint(backend, self.settings)
+            key = cache_key(job.video, characters, options, fingerprint, job.needed)
+            cached = self.track_cache.get(key, job.needed)
+            if cached is not None and any(len(t) for t in cached):
+                return Tracking(tracks=cached), key
+        threshold = request.options.similarity_threshold
+
+        def found_nobody(tracker: StreamingTracker) -> None:
+            if not any(len(t) for t in tracker.build()):
+                raise no_face_error(characters, threshold, backend)
+
+        tracker = StreamingTracker(backend, build_references(backend, characters), options)
+        return Tracking(tracker=tracker, on_done=found_nobody), key
 
     def _plan(self, request: LipSyncRequest, vad: VoiceDetector) -> RenderJob:
         video = Path(request.video)
@@ -383,15 +299,13 @@ class LipSyncPipeline:
                          offset)
 
     @staticmethod
-    def _character_stats(job: RenderJob, index: int, track: Track) -> CharacterStats:
+    def _voice_stats(cstats: CharacterStats, job: RenderJob, index: int, track: Track) -> None:
         voices = job.voices
         voice = voices.voices[voices.follows[index]]
         speech = voices.speech_frames(index)
         if not len(track) and voice.field != "audio":
             log.warning("character %r has its own track but no face: its voice is still heard, no mouth "
                         "follows it", track.character_id)  # fmt: skip
-        return CharacterStats(
-            track.character_id, track.name, speech_frames=speech, silent_frames=len(job.plan) - speech,
-            silence_mode=voices.mode, audio="main" if voice.field == "audio" else "own",
-            vad=voice.speech.detector,
-        )  # fmt: skip
+        cstats.speech_frames, cstats.silent_frames = speech, len(job.plan) - speech
+        cstats.silence_mode, cstats.vad = voices.mode, voice.speech.detector
+        cstats.audio = "main" if voice.field == "audio" else "own"

@@ -55,16 +55,12 @@ def track(
     options = options_from_cli(TrackOptions, settings_given)
     chars = parse_character_specs(characters)
 
-    from lipsync.faces import (
-        TrackingOptions,
-        create_face_backend,
-        render_tracking,
-        track_characters,
-        tracks_to_json,
-    )
-    from lipsync.media import MediaLimits, iter_frames, probe_input
+    from lipsync.faces import create_face_backend, render_tracking, tracks_to_json
+    from lipsync.media import MediaLimits, probe_input
     from lipsync.models import ModelStore
     from lipsync.models.preflight import ensure_models, needs_for_tracking
+    from lipsync.stages.track import run_tracking
+    from lipsync.stages.track_cache import TrackCache
 
     overrides: dict = {}
     if backend is not None:
@@ -78,10 +74,10 @@ def track(
     ensure_models(store, needs_for_tracking(settings))  # all missing face models in one error
     faces = create_face_backend(settings, store)
     with ProgressBar(progress) as bar:
-        tracks = track_characters(
-            iter_frames(video, info=info), faces, chars, TrackingOptions.from_job(options),
-            num_frames=info.num_frames,
-            progress=bar.for_label("tracking"),
+        tracking = bar.for_label("tracking")
+        tracks = run_tracking(
+            video, info, faces, chars, options, info.num_frames, lambda _stage, done, total: tracking(done, total),
+            cache=TrackCache.from_settings(settings), settings=settings,
         )  # fmt: skip
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ from lipsync.faces.backend import (
 from lipsync.faces.matching import CharacterRef, build_references, match_faces, reference_embedding
 from lipsync.faces.scrfd import SCRFDDetector
 from lipsync.faces.serialize import tracks_from_json, tracks_to_json
-from lipsync.faces.tracking import ShotChangeDetector, TrackingOptions, pad_track, track_characters
+from lipsync.faces.shots import ShotChangeDetector
+from lipsync.faces.streaming import StreamingTracker, track_characters
+from lipsync.faces.tracking import TrackingOptions, pad_track
 from lipsync.faces.visualize import draw_tracks, render_tracking
 
 
@@ -43,6 +45,7 @@ __all__ = [
     "InsightFaceBackend",
     "SCRFDDetector",
     "ShotChangeDetector",
+    "StreamingTracker",
     "TrackingOptions",
     "align_face",
     "build_references",

@@ -37,6 +37,12 @@ def zero_phase_ema(values: np.ndarray, strength: float) -> np.ndarray:
     return out
 
 
+def edge_pad(strength: float, length: int) -> int:
+    """Rows of odd reflection added at each end of a segment of ``length`` rows by :func:`smooth_segment`:
+    enough for the EMA to settle (about 4 / alpha), at most ``length - 1``."""
+    return min(length - 1, max(3, int(np.ceil(4.0 / ema_alpha(strength)))))
+
+
 def smooth_segment(values: np.ndarray, strength: float) -> np.ndarray:
     """Zero-phase EMA with odd reflection padding at both ends, so a steady motion stays unbiased at
     the segment edges too (``2*x[0] - x[k]`` continues a straight line through the edge)."""
@@ -44,7 +50,7 @@ def smooth_segment(values: np.ndarray, strength: float) -> np.ndarray:
     n = len(x)
     if n < 3 or strength <= 0.0:
         return x.copy()
-    pad = min(n - 1, max(3, int(np.ceil(4.0 / ema_alpha(strength)))))
+    pad = edge_pad(strength, n)
     head = 2.0 * x[0] - x[pad:0:-1]
     tail = 2.0 * x[-1] - x[-2 : -pad - 2 : -1]
     padded = np.concatenate([head, x, tail])

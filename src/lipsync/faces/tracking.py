@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,6 +156,9 @@ class _Tracker:
         self.last_frame: tuple[int, np.ndarray] | None = None
         self.size: tuple[int, int] | None = None  # (width, height)
         self.detections = 0
+        # (identity, frame) of every probe (present or absent) since the streaming reader last drained
+        # them: how lipsync.faces.streaming learns what changed without rescanning the identities.
+        self.new_probes: list[tuple[int, int]] = []
 
     # --- driving ----------------------------------------------------------------------------------
 
@@ -236,6 +239,7 @@ class _Tracker:
         for k, (obs, emb) in analysis.matched.items():
             ident = self.identities[k]
             ident.present[index] = obs
+            self.new_probes.append((k, index))
             ident.area += obs.box.area
             if ident.anonymous:
                 # Running mean of the anonymous identity, so it follows slow appearance changes.
@@ -273,6 +277,7 @@ class _Tracker:
                     ident.present[idx] = hit[0]
                 else:
                     ident.absent.add(idx)
+                self.new_probes.append((k, idx))
                 if (hit is not None) == at_lo:
                     a = m
                 else:
@@ -357,35 +362,23 @@ def _lerp(a: _Obs, b: _Obs, t: float) -> _Obs:
     )
 
 
-def track_characters(
+def track_characters_batch(
     frames: Iterable[np.ndarray],
     backend: FaceBackend,
     characters: Sequence[Character] = (),
     options: TrackingOptions | None = None,
-    num_frames: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
     *,
     references: Sequence[CharacterRef] | None = None,
 ) -> list[Track]:
-    """Track ``characters`` (or the most prominent face when there are none) through ``frames``.
-
-    ``frames`` is consumed once, in order (BGR uint8 arrays that the producer does not reuse).
-    ``references`` may be given to skip recomputing the characters' reference embeddings.
-    ``progress(done, total)`` is called after each frame; ``total`` is ``num_frames`` or 0 when unknown.
-    Returns one Track per character, in the given order (boxes unpadded; see :func:`pad_track`).
-    """
+    """The reference tracker: every decision taken at the end of ``frames``. Production code uses the
+    streaming tracker (lipsync.faces.streaming.track_characters), which gives the same tracks; this one
+    stays as the oracle its tests compare against."""
     options = options or TrackingOptions()
     refs = list(references) if references is not None else build_references(backend, characters)
     tracker = _Tracker(backend, refs, options)
-    total = int(num_frames or 0)
-    done = 0
     for index, frame in enumerate(frames):
         tracker.push(index, frame)
-        done = index + 1
-        if progress is not None:
-            progress(done, total)
     tracker.finish()
-    log.debug("tracked %d frames with %d detections, %d cuts", done, tracker.detections, len(tracker.cuts))
     return tracker.build()
 
 

@@ -153,17 +153,46 @@ def sync_faces(
     frames: list[np.ndarray], jobs: list[FaceJob], start: int, job: RenderJob, generator: MouthGenerator,
     batch: int, options: LipSyncOptions, timer: StageTimer, stats: PipelineStats, pool: Executor,
 ) -> None:  # fmt: skip
-    """Crop, generate and composite every face of one batch of output frames (in place in ``frames``)."""
+    """Crop, generate and composite every face of one batch of output frames (in place in ``frames``).
+    Its three parts are also the pipelined engine's prepare, generate and composite stages."""
     with timer("prepare_faces"):
-        faces = np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
-        # Each face's window comes from its own character's track (gated by silence=closed).
-        mels = job.voices.mel_windows([j.character for j in jobs], [start + j.slot for j in jobs])
+        faces, mels = sync_prepare(frames, jobs, start, job)
     with timer("occlusion"):  # visible-face masks of the crops, or none (the plain lower-face mask)
-        visible = job.occlusion(faces) if job.occlusion is not None else [None] * len(jobs)
+        visible = sync_visible(faces, job)
     with timer("generate"):
-        generated = np.concatenate(
-            [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(jobs), batch)]
-        )
+        generated = sync_generate(faces, mels, generator, batch)
+    with timer("composite"):
+        sync_composite(frames, jobs, generated, options, stats, pool, visible)
+
+
+def sync_prepare(
+    frames: list[np.ndarray], jobs: list[FaceJob], start: int, job: RenderJob
+) -> tuple[np.ndarray, np.ndarray]:
+    """The generator's inputs for the faces of one batch: 96x96 aligned crops and their mel windows, each
+    face's window from its own character's track (gated by silence=closed)."""
+    faces = np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
+    mels = job.voices.mel_windows([j.character for j in jobs], [start + j.slot for j in jobs])
+    return faces, mels
+
+
+def sync_visible(faces: np.ndarray, job: RenderJob) -> list[np.ndarray | None]:
+    """Per crop, where the face is visible (the occlusion mask), or None everywhere without a masker."""
+    return job.occlusion(faces) if job.occlusion is not None else [None] * len(faces)
+
+
+def sync_generate(faces: np.ndarray, mels: np.ndarray, generator: MouthGenerator, batch: int) -> np.ndarray:
+    return np.concatenate(
+        [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(faces), batch)]
+    )
+
+
+def sync_composite(
+    frames: list[np.ndarray], jobs: list[FaceJob], generated: np.ndarray, options: LipSyncOptions,
+    stats: PipelineStats, pool: Executor, visible: list[np.ndarray | None] | None = None,
+) -> None:  # fmt: skip
+    """Paste each generated face back into its frame (in place in ``frames``), through the inverse of its
+    crop, under its (occlusion-aware) mask, faded toward the source where its speaker is silent."""
+    visible = visible if visible is not None else [None] * len(jobs)
     by_slot: dict[int, list[tuple[FaceJob, np.ndarray, np.ndarray | None]]] = {}
     for face_job, face, occ in zip(jobs, generated, visible, strict=True):
         by_slot.setdefault(face_job.slot, []).append((face_job, face, occ))
@@ -180,9 +209,8 @@ def sync_faces(
             methods.append(result.method)
         return slot, frame, methods
 
-    with timer("composite"):
-        for slot, frame, methods in pool.map(composite_frame, list(by_slot)):
-            frames[slot] = frame
-            stats.poisson += methods.count("poisson")
-            stats.feather += len(methods) - methods.count("poisson")
+    for slot, frame, methods in pool.map(composite_frame, list(by_slot)):
+        frames[slot] = frame
+        stats.poisson += methods.count("poisson")
+        stats.feather += len(methods) - methods.count("poisson")
     stats.faces_synced += len(jobs)

@@ -43,6 +43,11 @@ class PipelineStats:
     wall_seconds: float = 0.0
     realtime_factor: float = 0.0
 
+    def reset_render(self) -> None:
+        """Forget the counts of a render that is done again."""
+        self.characters.clear()
+        self.faces_synced = self.poisson = self.feather = self.enhanced = 0
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["characters"] = [asdict(c) for c in self.characters.values()]

@@ -13,6 +13,7 @@ from lipsync.errors import MediaError, NoFaceFound
 from lipsync.faces import FaceBackend, TrackingOptions, track_characters
 from lipsync.media import MediaInfo, MediaLimits, iter_frames, probe
 from lipsync.options import TrackOptions
+from lipsync.stages.track_cache import TrackCache, backend_fingerprint, cache_key
 from lipsync.types import Character, Track
 
 #: (stage, done, total)
@@ -45,17 +46,28 @@ def run_tracking(
     options: TrackOptions,
     num_frames: int,
     report: ProgressCallback,
+    *,
+    cache: TrackCache | None = None,
+    settings: Settings | None = None,
 ) -> list[Track]:
-    """Track over the first ``num_frames`` frames (those a lip-sync plan uses, or all of them)."""
+    """Track over the first ``num_frames`` frames (those a lip-sync plan uses, or all of them), with the
+    streaming tracker; through ``cache`` when one is given (``settings`` name the face model files)."""
+    tracking = TrackingOptions.from_job(options)
+    key = None
+    if cache is not None:
+        key = cache_key(video, list(characters), tracking, backend_fingerprint(backend, settings), num_frames)
+        cached = cache.get(key, num_frames)
+        if cached is not None:
+            report("track", num_frames, num_frames)
+            return cached
     frames = itertools.islice(iter_frames(video, info=info), num_frames)
-    return track_characters(
-        frames,
-        backend,
-        list(characters),
-        TrackingOptions.from_job(options),
-        num_frames=num_frames,
+    tracks = track_characters(
+        frames, backend, list(characters), tracking, num_frames=num_frames,
         progress=lambda done, total: report("track", done, total),
-    )
+    )  # fmt: skip
+    if cache is not None and key is not None and any(len(t) for t in tracks):
+        cache.put(key, tracks)
+    return tracks
 
 
 def no_face_error(characters: Sequence[Character], threshold: float, backend: FaceBackend) -> NoFaceFound:
@@ -79,10 +91,14 @@ def track_faces(
     backend: FaceBackend,
     settings: Settings,
     progress: ProgressCallback | None = None,
+    cache: TrackCache | None = None,
 ) -> TrackingResult:
     """Track characters over a whole video (the API's /face-tracking). Raises NoFaceFound when none is seen."""
     info = probe_video(Path(video), settings)
-    tracks = run_tracking(Path(video), info, backend, characters, options, info.num_frames, progress or no_progress)
+    tracks = run_tracking(
+        Path(video), info, backend, characters, options, info.num_frames, progress or no_progress,
+        cache=cache, settings=settings,
+    )  # fmt: skip
     if not any(len(t) for t in tracks):
         raise no_face_error(characters, options.similarity_threshold, backend)
     return TrackingResult(info, tracks)

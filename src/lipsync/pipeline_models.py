@@ -1,0 +1,150 @@
+"""The models a lip-sync pipeline holds: loaded lazily on first use, then kept, each behind one lock so
+concurrent requests load a model once. Injected doubles (tests, benchmarks) take the place of any of them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from lipsync.audio.vad import VoiceDetector, load_detector
+from lipsync.config import Settings
+from lipsync.faces import FaceBackend, create_face_backend
+from lipsync.models import ModelStore, load_network, resolve_device
+from lipsync.options import EnhanceChoice, LipSyncOptions, resolve_enhance, resolve_occlusion
+from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
+from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator
+from lipsync.stages.occlusion import FaceParsingMasker, OcclusionMasker
+from lipsync.stages.track_cache import TrackCache
+
+log = logging.getLogger("lipsync.pipeline")
+
+
+class PipelineModels:
+    """Model slots of :class:`lipsync.pipeline.LipSyncPipeline`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        generator: MouthGenerator | None = None,
+        enhancer: FaceEnhancer | FaceRestorer | None = None,
+        face_backend: FaceBackend | None = None,
+        store: ModelStore | None = None,
+        device: str | None = None,
+        occlusion: OcclusionMasker | None = None,
+    ) -> None:
+        """``device`` (e.g. ``"cuda:1"``) overrides ``settings.device`` for the torch networks, so a server
+        can keep one pipeline per GPU."""
+        self.settings = settings
+        self.device = device or settings.device
+        self._store = store
+        self._generator = generator
+        self._enhancer = self._as_enhancer(enhancer) if enhancer is not None else None
+        self._face_backend = face_backend
+        self._vad: VoiceDetector | None = None
+        self._occlusion = occlusion
+        self._lock = threading.RLock()
+        # Shared by every request of this pipeline (and, through the folder, by other processes).
+        self.track_cache = TrackCache.from_settings(settings)
+
+    # -- models ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_enhancer(enhancer: FaceEnhancer | FaceRestorer) -> FaceEnhancer:
+        return enhancer if isinstance(enhancer, FaceEnhancer) else FaceEnhancer(enhancer)
+
+    @property
+    def store(self) -> ModelStore:
+        with self._lock:
+            if self._store is None:
+                self._store = ModelStore(self.settings)
+            return self._store
+
+    @property
+    def generator_loaded(self) -> bool:
+        return self._generator is not None
+
+    @property
+    def enhancer_loaded(self) -> bool:
+        return self._enhancer is not None
+
+    @property
+    def face_backend_loaded(self) -> bool:
+        return self._face_backend is not None
+
+    def share_face_backend(self, backend: FaceBackend) -> None:
+        """Use another pipeline's face backend instead of loading a second copy."""
+        with self._lock:
+            if self._face_backend is None:
+                self._face_backend = backend
+
+    def load_models(self, enhance: bool = True) -> None:
+        self.get_face_backend()
+        self.get_generator()
+        if enhance:
+            self.get_enhancer()
+
+    def get_generator(self) -> MouthGenerator:
+        with self._lock:
+            if self._generator is None:
+                device = resolve_device(self.device)
+                name = self.settings.wav2lip_model
+                path = self.store.ensure(name)
+                log.info("loading %s from %s on %s", name, path, device)
+                net = load_network(name, path, device=device)
+                self._generator = Wav2LipGenerator(
+                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16
+                )
+            return self._generator
+
+    def get_enhancer(self) -> FaceEnhancer:
+        with self._lock:
+            if self._enhancer is None:
+                device = resolve_device(self.device)
+                path = self.store.ensure("gfpgan_v1.4")
+                log.info("loading gfpgan_v1.4 from %s on %s", path, device)
+                if device.type == "cpu":
+                    log.warning("GFPGAN enhancement on a CPU takes seconds per face; turn it off for speed")
+                net = load_network("gfpgan_v1.4", path, device=device)
+                self._enhancer = FaceEnhancer(GFPGANRestorer(net, device, fp16=self.settings.fp16))
+            return self._enhancer
+
+    def get_vad(self) -> VoiceDetector:
+        """silero-vad through onnxruntime (its file ships in the silero-vad package), else the energy VAD."""
+        with self._lock:
+            if self._vad is None:
+                self._vad = load_detector()
+            return self._vad
+
+    def get_occlusion(self, choice: EnhanceChoice) -> OcclusionMasker | None:
+        """The occlusion masker for a request's ``occlusion_mask`` setting (see ``resolve_occlusion``); a
+        masker given to the constructor counts as present."""
+        with self._lock:
+            device = resolve_device(self.device)
+            present = self._occlusion is not None or self.store.path_for("face_parsing").is_file()
+            if not resolve_occlusion(choice, present, device.type):
+                return None
+            if self._occlusion is None:
+                path = self.store.ensure("face_parsing")
+                log.info("loading face_parsing from %s on %s", path, device)
+                self._occlusion = FaceParsingMasker(load_network("face_parsing", path, device=device), device)
+            return self._occlusion
+
+    def get_face_backend(self) -> FaceBackend:
+        with self._lock:
+            if self._face_backend is None:
+                store = None if self.settings.face_backend == "dlib" else self.store
+                self._face_backend = create_face_backend(self.settings, store)
+            return self._face_backend
+
+    def enhance_enabled(self, options: LipSyncOptions) -> bool:
+        """The request's ``enhance`` setting on this pipeline's device (``auto``: on under CUDA only)."""
+        device = resolve_device(self.device).type
+        on = resolve_enhance(options.enhance, device)
+        if options.enhance == "auto":
+            log.info(
+                "enhance=auto: GFPGAN enhancement %s on %s%s", "on" if on else "off", device,
+                "" if on else " (it costs seconds a face on a CPU; enhance=on forces it)",
+            )  # fmt: skip
+        return on
+

@@ -1,0 +1,266 @@
+"""The bodies of the pipelined engine's stages (lipsync.render.pipelined wires them together).
+
+decode -> track -> frames + prepare crops -> generate -> composite -> enhance -> (encode: the caller's
+thread). Each body is a generator over its input pipe; the per-face work is the serial renderer's own
+(``face_jobs``, ``sync_prepare``, ``sync_generate``, ``sync_composite`` in lipsync.render.serial), so the two
+renderers compute the same pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipsync.faces import StreamingTracker
+from lipsync.media import iter_frames
+from lipsync.options import LipSyncOptions
+from lipsync.render.engine import FrameBudget
+from lipsync.render.job import FaceJob, RenderJob
+from lipsync.render.serial import (
+    COMPOSITE_THREADS,
+    face_jobs,
+    frame_source,
+    sync_composite,
+    sync_generate,
+    sync_prepare,
+    sync_visible,
+)
+from lipsync.render.stats import PipelineStats, StageTimer
+from lipsync.stages.enhance import FaceEnhancer
+from lipsync.stages.frames import render_plan_frame
+from lipsync.stages.lipsync import MouthGenerator
+from lipsync.types import Track, TrackPoint
+
+# Decoded pictures the track stage holds while their faces are not final yet; beyond this the oldest
+# are let go and re-read by the frame stage (a second decode of those frames only).
+TRACK_WINDOW_BYTES = 128 * 1024**2
+RECENT_SOURCE_FRAMES = 4  # source pictures the frame stage keeps after use (a blend reads two)
+
+#: (index, picture or None when the track stage let it go)
+SourceItem = tuple[int, np.ndarray | None]
+
+
+@dataclass
+class Batch:
+    """Output frames start..stop-1 on their way through the stages."""
+
+    start: int
+    stop: int
+    frames: list[np.ndarray]
+    jobs: list[FaceJob]
+    nbytes: int  # taken from the run's FrameBudget; the encoder gives it back
+    faces: np.ndarray | None = None
+    mels: np.ndarray | None = None
+    visible: list[np.ndarray | None] | None = None  # per face: the occlusion mask, or None
+    generated: np.ndarray | None = None
+
+
+def timed(items: Iterator, timer: StageTimer, name: str) -> Iterator:
+    """``items``, adding the time spent producing each to ``timer[name]``."""
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - start
+        yield item
+
+
+# --- decode and track -----------------------------------------------------------------------------------
+
+
+def decode_stage(job: RenderJob, timer: StageTimer) -> Callable[[Iterator], Iterator[SourceItem]]:
+    """The source frames the plan uses, in order, decoded once."""
+
+    def run(_inbox: Iterator) -> Iterator[SourceItem]:
+        decoder = iter_frames(job.video, info=job.info)
+        try:
+            yield from enumerate(timed(itertools.islice(decoder, job.needed), timer, "decode"))
+        finally:
+            decoder.close()  # closes the container now, not when the generator is collected
+
+    return run
+
+
+def track_stage(
+    tracker: StreamingTracker, timer: StageTimer, on_done: Callable[[StreamingTracker], None],
+    window_bytes: int = TRACK_WINDOW_BYTES,
+) -> Callable[[Iterator[SourceItem]], Iterator[SourceItem]]:  # fmt: skip
+    """Streaming tracking: a frame goes on once every face in it is final (a bounded look-ahead behind
+    the decoder). ``on_done`` runs after the last frame (the pipeline raises NoFaceFound there)."""
+
+    def run(inbox: Iterator[SourceItem]) -> Iterator[SourceItem]:
+        pending: deque[list] = deque()
+        held = 0
+        for index, picture in inbox:
+            assert picture is not None  # the decoder always hands pictures
+            with timer("track"):
+                final = tracker.push(index, picture)
+            pending.append([index, picture])
+            held += picture.nbytes
+            for item in pending:  # over the window: let the oldest pictures go (they are re-read)
+                if held <= window_bytes:
+                    break
+                if item[1] is not None:
+                    held -= item[1].nbytes
+                    item[1] = None
+            while pending and pending[0][0] <= final:
+                index, picture = pending.popleft()
+                held -= picture.nbytes if picture is not None else 0
+                yield index, picture
+        with timer("track"):
+            tracker.finish()
+        on_done(tracker)
+        while pending:
+            index, picture = pending.popleft()
+            yield index, picture
+
+    return run
+
+
+class LeaderTrack:
+    """Without characters: the face that leads so far, as a track (what face_jobs reads). Records which
+    faces it answered for, so the pipeline can check the lead never changed (else it renders again)."""
+
+    def __init__(self, tracker: StreamingTracker, character_id: str) -> None:
+        self.tracker = tracker
+        self.character_id = self.name = character_id
+        self.used: set[int] = set()
+
+    def get(self, frame: int) -> TrackPoint | None:
+        leader = self.tracker.leader()
+        if leader is None:
+            return None
+        self.used.add(leader)
+        return self.tracker.tracks[leader].get(frame)
+
+
+class SourceFrames:
+    """Source pictures by index for the plan: from the track stage's stream while the plan moves forward
+    through it (the first pass), else from a FrameReader (loop passes, blends, let-go pictures)."""
+
+    def __init__(self, stream: Iterator[SourceItem], job: RenderJob) -> None:
+        self.stream = stream
+        self.job = job
+        self.top = -1  # the last index the stream gave
+        self.recent: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._stack = contextlib.ExitStack()
+        self._reader: Callable[[int], np.ndarray] | None = None
+
+    def get(self, index: int) -> np.ndarray:
+        while self.top < index:
+            item = next(self.stream, None)
+            if item is None:
+                break  # the stream ended early; the reader says why
+            self.top, picture = item
+            if picture is not None:
+                self.recent[self.top] = picture
+                while len(self.recent) > RECENT_SOURCE_FRAMES:
+                    self.recent.popitem(last=False)
+        picture = self.recent.get(index)
+        if picture is not None:
+            return picture
+        if self._reader is None:
+            self._reader = frame_source(self.job.video, self.job.info, self._stack)
+        return self._reader(index)
+
+    def drain(self) -> None:
+        """Read the stream to its end: the tracker's last checks run there."""
+        for _ in self.stream:
+            pass
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+# --- frames, crops, generation, compositing, enhancement ------------------------------------------------
+
+
+def frames_stage(
+    job: RenderJob, views: Sequence[Track], options: LipSyncOptions, chunk: int, budget: FrameBudget,
+    timer: StageTimer, stats: PipelineStats,
+) -> Callable[[Iterator[SourceItem]], Iterator[Batch]]:  # fmt: skip
+    """Output frames from the plan, in batches of ``chunk``, with the faces to sync cropped."""
+    width, height = job.info.display_width, job.info.display_height
+    frame_bytes = width * height * 3
+
+    def run(inbox: Iterator[SourceItem]) -> Iterator[Batch]:
+        source = SourceFrames(inbox, job)
+        try:
+            for start in range(0, len(job.plan), chunk):
+                stop = min(len(job.plan), start + chunk)
+                nbytes = budget.take(frame_bytes * (stop - start))
+                with timer("frames"):
+                    frames = [render_plan_frame(source.get, job.plan[i]) for i in range(start, stop)]
+                jobs = face_jobs(
+                    job.plan, start, stop, views, options.pads_tuple, width, height, stats, job.voices
+                )
+                batch = Batch(start, stop, frames, jobs, nbytes)
+                if jobs:
+                    with timer("prepare_faces"):
+                        batch.faces, batch.mels = sync_prepare(frames, jobs, start, job)
+                    with timer("occlusion"):
+                        batch.visible = sync_visible(batch.faces, job)
+                yield batch
+            source.drain()
+        finally:
+            source.close()
+
+    return run
+
+
+def generate_stage(
+    generator: MouthGenerator, batch_size: int, timer: StageTimer
+) -> Callable[[Iterator[Batch]], Iterator[Batch]]:
+    def run(inbox: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in inbox:
+            if batch.jobs:
+                assert batch.faces is not None and batch.mels is not None
+                with timer("generate"):
+                    batch.generated = sync_generate(batch.faces, batch.mels, generator, batch_size)
+                batch.faces = batch.mels = None
+            yield batch
+
+    return run
+
+
+def composite_stage(
+    options: LipSyncOptions, timer: StageTimer, stats: PipelineStats
+) -> Callable[[Iterator[Batch]], Iterator[Batch]]:
+    def run(inbox: Iterator[Batch]) -> Iterator[Batch]:
+        # Compositing is OpenCV work that releases the GIL: the frames of a batch run in parallel.
+        with ThreadPoolExecutor(COMPOSITE_THREADS, "lipsync-composite") as pool:
+            for batch in inbox:
+                if batch.jobs:
+                    assert batch.generated is not None
+                    with timer("composite"):
+                        sync_composite(batch.frames, batch.jobs, batch.generated, options, stats, pool,
+                                       batch.visible)  # fmt: skip
+                    batch.generated = batch.visible = None
+                yield batch
+
+    return run
+
+
+def enhance_stage(
+    enhancer: FaceEnhancer, timer: StageTimer, stats: PipelineStats
+) -> Callable[[Iterator[Batch]], Iterator[Batch]]:
+    def run(inbox: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in inbox:
+            if batch.jobs:
+                with timer("enhance"):
+                    # Faces fading toward the source (silence=original) stay as blended.
+                    faces = [(j.slot, j.landmarks) for j in batch.jobs if j.weight >= 1.0]
+                    stats.enhanced += enhancer(batch.frames, faces)
+            yield batch
+
+    return run

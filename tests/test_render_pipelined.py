@@ -1,0 +1,289 @@
+"""The pipelined renderer against the serial one, and its behaviour on errors and cancellation.
+
+The serial reference is today's path: the batch tracker over the plan's source frames, then
+lipsync.render.serial.render. The pipelined path is LipSyncPipeline itself (streaming tracker inside the
+staged engine). Both encode with the same settings, so their decoded frames must agree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync.config import Settings
+from lipsync.errors import CorruptMedia, EncodeError, FaceError, InputError, JobCancelled, ModelError
+from lipsync.faces import TrackingOptions, build_references
+from lipsync.faces.tracking import track_characters_batch
+from lipsync.media import iter_frames
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+from lipsync.render import CharacterStats, PipelineStats, StageTimer, serial
+from lipsync.types import Box, Character
+from pipeline_fixtures import (
+    ColorFaceBackend,
+    FaceSpec,
+    IdentityGenerator,
+    MouthMarkGenerator,
+    decode_frames,
+    moving_box,
+    write_reference_image,
+    write_speechlike_wav,
+    write_synthetic_video,
+)
+
+W, H, FPS = 256, 192, 25
+PADS = (0, 20, 0, 0)
+RED = FaceSpec("red", moving_box(40, 30, 64, 84, dx=0.6, dy=0.2))
+BLUE = FaceSpec("blue", moving_box(150, 40, 60, 80, dx=-0.4))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("pipelined")
+    return {
+        "two": write_synthetic_video(d / "two.mp4", [RED, BLUE], width=W, height=H, fps=FPS, seconds=2.0),
+        "audio_2s": write_speechlike_wav(d / "a2.wav", 2.0),
+        "audio_5s": write_speechlike_wav(d / "a5.wav", 5.0),
+        "red_ref": write_reference_image(d / "red.png", "red"),
+        "blue_ref": write_reference_image(d / "blue.png", "blue"),
+    }
+
+
+def _options(**kw) -> LipSyncOptions:
+    return LipSyncOptions(**{"enhance": "off", "pads": list(PADS), "crf": 0, **kw})
+
+
+def _lipsync_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("lipsync-")}
+
+
+def serial_reference(video, audio, out, generator, characters, options) -> list[np.ndarray]:
+    """Today's path: the batch tracker, then the serial renderer."""
+    pipe = LipSyncPipeline(Settings(), generator=generator, face_backend=ColorFaceBackend())
+    request = LipSyncRequest(video, audio, out, tuple(characters), options)
+    job = pipe._plan(request, pipe.get_vad())
+    backend = ColorFaceBackend()
+    frames = itertools.islice(iter_frames(video, info=job.info), job.needed)
+    refs = build_references(backend, list(characters))
+    tracks = track_characters_batch(frames, backend, options=TrackingOptions.from_job(options), references=refs)
+    stats = PipelineStats()
+    for t in tracks:
+        stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
+    batch = options.wav2lip_batch_size or 8
+    serial.render(job, options, out, tracks, generator, None, batch, StageTimer(), stats, lambda *a: None)
+    return decode_frames(out)
+
+
+def pipelined(video, audio, out, generator, characters, options, backend=None, progress=None):
+    pipe = LipSyncPipeline(Settings(), generator=generator, face_backend=backend or ColorFaceBackend())
+    return pipe(LipSyncRequest(video, audio, out, tuple(characters), options), progress=progress)
+
+
+@pytest.mark.parametrize(
+    ("audio", "loop_mode", "chars", "batch"),
+    [
+        ("audio_2s", "none", ("red", "blue"), 8),
+        ("audio_5s", "crossfade", ("blue",), 16),
+        ("audio_5s", "pingpong", (), 5),
+        ("audio_5s", "repeat", ("red",), 7),
+    ],
+)
+def test_pipelined_output_equals_the_serial_output(tmp_path, media, audio, loop_mode, chars, batch):
+    characters = [Character(c, c.title(), (media[f"{c}_ref"],)) for c in chars]
+    options = _options(loop_mode=loop_mode, wav2lip_batch_size=batch)
+    ref = serial_reference(media["two"], media[audio], tmp_path / "serial.mp4", MouthMarkGenerator(), characters, options)
+    result = pipelined(media["two"], media[audio], tmp_path / "piped.mp4", MouthMarkGenerator(), characters, options)
+    out = decode_frames(result.output)
+    assert len(out) == len(ref) == result.stats.frames
+    worst = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True))
+    assert worst <= 1, f"pipelined differs from serial by {worst} grey levels"
+    assert result.stats.faces_synced > 0
+
+
+def test_leading_face_changing_midway_renders_again_like_the_batch_tracker(tmp_path, media, caplog):
+    # No characters: a small face alone at first, then a big one for the rest of the clip. While
+    # rendering the first frames the small face leads; at the end the big one is the most prominent.
+    small = FaceSpec("red", lambda i: Box(20, 20, 70, 80))
+    big = FaceSpec("blue", lambda i: Box(120, 30, 230, 170) if i >= 20 else None)
+    video = write_synthetic_video(tmp_path / "swap.mp4", [small, big], width=W, height=H, fps=FPS, seconds=3.0)
+    audio = write_speechlike_wav(tmp_path / "a3.wav", 3.0)
+    options = _options(loop_mode="none", wav2lip_batch_size=4)
+    ref = serial_reference(video, audio, tmp_path / "serial.mp4", MouthMarkGenerator(), [], options)
+    with caplog.at_level("INFO", logger="lipsync.pipeline"):
+        result = pipelined(video, audio, tmp_path / "piped.mp4", MouthMarkGenerator(), [], options)
+    assert "rendering again" in caplog.text  # the speculative render with the small face was discarded
+    assert all(p.box.iou(Box(120, 30, 230, 170)) > 0.7 for p in result.tracks[0].points.values())
+    assert result.stats.characters["face"].frames_synced == 55  # frames 20..74: the big face only
+    out = decode_frames(result.output)
+    assert max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)) <= 1
+
+
+# --- errors and cancellation ----------------------------------------------------------------------------
+
+
+class _FailingBackend(ColorFaceBackend):
+    def detect(self, frame_bgr):
+        if self.detect_calls >= 6:
+            raise FaceError("the face detector failed")
+        return super().detect(frame_bgr)
+
+
+class _FailingGenerator(IdentityGenerator):
+    def __call__(self, faces, mels):
+        if len(self.calls) >= 2:
+            raise ModelError("Wav2Lip failed")
+        return super().__call__(faces, mels)
+
+
+def _inject(stage: str, monkeypatch):
+    """(error type, generator, backend, enhance) with an error placed in ``stage``."""
+    import lipsync.render.stages as stages_mod
+    from lipsync.media import VideoWriter
+
+    generator, backend, enhancer = IdentityGenerator(), ColorFaceBackend(), None
+    if stage == "decode":
+        real = stages_mod.iter_frames
+
+        def broken(*a, **kw):
+            for i, frame in enumerate(real(*a, **kw)):
+                if i == 30:
+                    raise CorruptMedia("frame 30 could not be decoded")
+                yield frame
+
+        monkeypatch.setattr(stages_mod, "iter_frames", broken)
+        return CorruptMedia, generator, backend, enhancer
+    if stage == "track":
+        return FaceError, generator, _FailingBackend(), enhancer
+    if stage == "frames":
+        real_jobs = stages_mod.face_jobs
+
+        def jobs(plan, start, *a):
+            if start >= 16:
+                raise InputError("a face job could not be made")
+            return real_jobs(plan, start, *a)
+
+        monkeypatch.setattr(stages_mod, "face_jobs", jobs)
+        return InputError, generator, backend, enhancer
+    if stage == "generate":
+        return ModelError, _FailingGenerator(), backend, enhancer
+    if stage == "composite":
+        calls = []
+        real_comp = stages_mod.sync_composite
+
+        def comp(*a):
+            calls.append(1)
+            if len(calls) > 2:
+                raise InputError("compositing failed")
+            return real_comp(*a)
+
+        monkeypatch.setattr(stages_mod, "sync_composite", comp)
+        return InputError, generator, backend, enhancer
+    if stage == "enhance":
+
+        def enhance(frames, faces):
+            raise ModelError("GFPGAN failed")
+
+        return ModelError, generator, backend, enhance
+    assert stage == "encode"
+    real_write = VideoWriter.write
+
+    def write(self, frame):
+        if self.frames_written >= 20:
+            raise EncodeError("the encoder failed")
+        return real_write(self, frame)
+
+    monkeypatch.setattr(VideoWriter, "write", write)
+    return EncodeError, generator, backend, enhancer
+
+
+@pytest.mark.parametrize("stage", ["decode", "track", "frames", "generate", "composite", "enhance", "encode"])
+def test_an_error_in_each_stage_surfaces_typed_with_no_partial_file_and_no_thread_left(
+    tmp_path, media, monkeypatch, stage
+):
+    error, generator, backend, enhancer = _inject(stage, monkeypatch)
+    pipe = LipSyncPipeline(Settings(), generator=generator, face_backend=backend)
+    if enhancer is not None:
+        pipe._enhancer = enhancer
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    options = _options(loop_mode="none", wav2lip_batch_size=8, enhance="on" if enhancer else "off")
+    before = _lipsync_threads()
+    with pytest.raises(error):
+        pipe(LipSyncRequest(media["two"], media["audio_2s"], out_dir / "o.mp4", (), options))
+    assert list(out_dir.iterdir()) == []  # neither the output nor its partial file
+    assert _lipsync_threads() == before
+
+
+def test_cancellation_mid_run_stops_within_a_second(tmp_path, media):
+    class SlowGenerator(IdentityGenerator):
+        def __call__(self, faces, mels):
+            time.sleep(0.05)
+            return super().__call__(faces, mels)
+
+    asked: list[float] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if asked:
+            raise JobCancelled("cancelled by the user")
+        if stage == "lipsync" and done >= 16:
+            asked.append(time.monotonic())
+            raise JobCancelled("cancelled by the user")
+
+    before = _lipsync_threads()
+    with pytest.raises(JobCancelled):
+        pipelined(media["two"], media["audio_5s"], tmp_path / "o.mp4", SlowGenerator(2), [], _options(wav2lip_batch_size=2), progress=progress)
+    assert asked and time.monotonic() - asked[0] < 1.0
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+    assert _lipsync_threads() == before
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+_RSS_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+sys.path.append({bench!r})  # after the standard library: benchmarks/queue.py must not shadow queue
+from pathlib import Path
+from _common import peak_rss_mb
+from lipsync.config import Settings
+from lipsync.options import LipSyncOptions
+from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+from pipeline_fixtures import ColorFaceBackend, IdentityGenerator
+pipe = LipSyncPipeline(Settings(), generator=IdentityGenerator(16), face_backend=ColorFaceBackend())
+opts = LipSyncOptions(enhance="off", loop_mode={mode!r}, wav2lip_batch_size=16)
+result = pipe(LipSyncRequest(Path({video!r}), Path({audio!r}), Path({out!r}), options=opts))
+print(result.stats.frames, peak_rss_mb())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "video_s", "audio_s"), [("none", (3, 30), (3, 30)), ("crossfade", (3, 3), (5, 50))])
+def test_peak_rss_is_flat_in_the_length_of_the_render(tmp_path, mode, video_s, audio_s):
+    """A long synthetic clip (or a long loop of a short one) with a tiny generator double: the pipelined
+    render's peak RSS does not follow the number of frames (10x here). Both loop cases loop, so both open
+    the second decoder that loop passes read from (a fixed cost, not a growth)."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for v_s, a_s in zip(video_s, audio_s, strict=True):
+        video = write_synthetic_video(
+            tmp_path / f"v{v_s}.mp4", [FaceSpec("red", moving_box(30, 20, 60, 80, dx=0.02))],
+            width=320, height=240, seconds=v_s,
+        )  # fmt: skip
+        audio = write_speechlike_wav(tmp_path / f"a{a_s}.wav", a_s)
+        tests = Path(__file__).parent
+        code = _RSS_CHILD.format(tests=str(tests), bench=str(tests.parent / "benchmarks"), mode=mode,
+                                 video=str(video), audio=str(audio), out=str(tmp_path / f"o{a_s}.mp4"))  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        frames, peak = proc.stdout.split()[-2:]
+        peaks[int(frames)] = float(peak)
+    short, long_ = sorted(peaks)
+    assert long_ >= 9 * short
+    assert peaks[long_] <= 1.15 * peaks[short], peaks
