@@ -77,7 +77,9 @@ def poisson_clone(source: Tensor, dest: Tensor, mask: Tensor) -> Tensor:
             continue
         box = (slice(y0, y1), slice(x0, x1))
         out[i, :, y0:y1, x0:x1] = _solve(
-            src[i, :, box[0], box[1]] * support[i, box[0], box[1]], dst[i, :, box[0], box[1]], guide[i, box[0], box[1]]
+            src[i, :, box[0], box[1]] * support[i, box[0], box[1]],
+            dst[i, :, box[0], box[1]],
+            guide[i, box[0], box[1]],
         )
     return out
 
@@ -111,9 +113,7 @@ def _solve(src: Tensor, dst: Tensor, guide: Tensor) -> Tensor:
     # Move the known border values to the right-hand side: the interior pixels next to the border see them.
     bound = dst.clone()
     bound[:, 1:-1, 1:-1] = 0.0
-    known = (
-        bound[:, :-2, 1:-1] + bound[:, 2:, 1:-1] + bound[:, 1:-1, :-2] + bound[:, 1:-1, 2:]
-    )
+    known = bound[:, :-2, 1:-1] + bound[:, 2:, 1:-1] + bound[:, 1:-1, :-2] + bound[:, 1:-1, 2:]
     rhs = div - known
     ih, iw = h - 2, w - 2
     dtype = torch.float64 if dst.device.type == "cpu" else torch.float32
