@@ -33,6 +33,9 @@ X264Preset = Literal[
 ]
 X264_PRESETS: tuple[str, ...] = get_args(X264Preset)
 
+# Kept beside lipsync.media.encoders.EncoderChoice (which this torch- and av-free module cannot import).
+EncoderName = Literal["auto", "libx264", "h264_nvenc"]
+
 # Group names in the order the README and --help list them.
 GROUPS: tuple[str, ...] = ("tracking", "generation", "compositing", "output")
 
@@ -117,12 +120,21 @@ class LipSyncOptions(TrackOptions):
         True, description="Blend the mouth in with Poisson (seamless) cloning; false: a feathered paste.",
         json_schema_extra=_meta("compositing", LIPSYNC),
     )  # fmt: skip
-    crf: int = Field(
-        18, ge=0, le=51, description="x264 constant rate factor: 0 lossless, 18 visually lossless, 51 worst.",
+    crf: int | None = Field(
+        None, ge=0, le=51, description="x264 constant rate factor: 0 lossless, 18 visually lossless, 51 "
+        "worst (NVENC: its constant quality). Default: per device, 18 on CPU and CUDA.",
         json_schema_extra=_meta("output", LIPSYNC),
     )  # fmt: skip
-    preset: X264Preset = Field(
-        "medium", description="x264 speed/size preset (ultrafast ... veryslow).",
+    preset: X264Preset | None = Field(
+        None, description="x264 speed/size preset (ultrafast ... veryslow; NVENC: mapped onto p1-p7). "
+        "Default: per device, veryfast on CPU and CUDA (2.5x less CPU than medium, no larger a file at "
+        "crf 18).",
+        json_schema_extra=_meta("output", LIPSYNC),
+    )  # fmt: skip
+    encoder: EncoderName = Field(
+        "libx264", description="H.264 encoder: libx264, h264_nvenc (NVIDIA's hardware encoder; falls back "
+        "to libx264 with a log line where the GPU has none, e.g. H100/H200) or auto (NVENC when the job "
+        "runs on a CUDA GPU that has it).",
         json_schema_extra=_meta("output", LIPSYNC),
     )  # fmt: skip
 
@@ -178,6 +190,10 @@ def field_choices(info: FieldInfo) -> tuple[str, ...] | None:
     annotation = info.annotation
     if getattr(annotation, "__origin__", None) is Literal:
         return get_args(annotation)
+    # Optional choices (X264Preset | None): the choices of the Literal inside.
+    for arg in get_args(annotation):
+        if getattr(arg, "__origin__", None) is Literal:
+            return get_args(arg)
     return None
 
 
