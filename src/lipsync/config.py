@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     gfpgan_checkpoint: Path | None = Field(None, description="Use this GFPGAN v1.4 file.")
     det_model: Path | None = Field(None, description="Use this SCRFD detector ONNX instead of buffalo_l's.")
     rec_model: Path | None = Field(None, description="Use this ArcFace ONNX instead of buffalo_l's.")
+    det_size: int | None = Field(
+        None, ge=160, le=1280, multiple_of=32,
+        description="SCRFD input side in pixels for models with a dynamic input (det_10g). Default: per "
+        "device, 320 on CPU (4x fewer pixels than 640; boxes within IoU 0.9 of 640's on the shared "
+        "clips, benchmarks/detection.py), 640 on CUDA.",
+    )  # fmt: skip
     face_backend: FaceBackendName = Field("insightface", description="insightface or dlib.")
 
     # --- media limits --------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def track(
     from lipsync.faces import (
         TrackingOptions,
         create_face_backend,
+        face_device,
         render_tracking,
         track_characters,
         tracks_to_json,
@@ -76,7 +77,7 @@ def track(
     faces = create_face_backend(settings)
     with ProgressBar(progress) as bar:
         tracks = track_characters(
-            iter_frames(video, info=info), faces, chars, TrackingOptions.from_job(options),
+            iter_frames(video, info=info), faces, chars, TrackingOptions.from_job(options, face_device(faces)),
             num_frames=info.num_frames,
             progress=bar.for_label("tracking"),
         )  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lipsync.config import Settings
 from lipsync.errors import MediaError, NoFaceFound
-from lipsync.faces import FaceBackend, TrackingOptions, track_characters
+from lipsync.faces import FaceBackend, TrackingOptions, face_device, track_characters
 from lipsync.media import MediaInfo, MediaLimits, iter_frames, probe
 from lipsync.options import TrackOptions
 from lipsync.types import Character, Track
@@ -52,7 +52,7 @@ def run_tracking(
         frames,
         backend,
         list(characters),
-        TrackingOptions.from_job(options),
+        TrackingOptions.from_job(options, face_device(backend)),
         num_frames=num_frames,
         progress=lambda done, total: report("track", done, total),
     )
