@@ -265,3 +265,43 @@ def test_det_size_setting_is_checked():
     with pytest.raises(ValidationError):
         Settings(det_size=300)  # not a multiple of 32
     assert Settings(det_size=416).det_size == 416
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gfpgan_fp16_batched_on_cuda_close_to_fp32_on_cpu():
+    from lipsync.nets import gfpgan_v14
+    from lipsync.stages.enhance import GFPGANRestorer
+
+    torch.manual_seed(0)
+    net = gfpgan_v14()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    faces = np.random.default_rng(0).integers(0, 256, (3, 512, 512, 3), dtype=np.uint8)
+    ref = GFPGANRestorer(net, "cpu")(faces)
+    twin = gfpgan_v14()
+    twin.load_state_dict(state)
+    gpu = GFPGANRestorer(twin, "cuda", batch_size=2, fp16=True)  # 3 faces: a full batch and a partial one
+    out = gpu(faces)
+    assert np.abs(out.astype(int) - ref.astype(int)).mean() < 2.0
+
+
+def test_gfpgan_restorer_batches_and_keeps_bgr_order_on_cpu():
+    from lipsync.stages.enhance import GFPGANRestorer
+
+    class SwapCheck(nn.Module):
+        """Identity in RGB [-1, 1]: the restorer's own conversions must round-trip exactly."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[int] = []
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x, randomize_noise=False):
+            self.calls.append(len(x))
+            return x * self.scale, []
+
+    net = SwapCheck()
+    faces = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    out = GFPGANRestorer(net, "cpu", batch_size=2)(faces)
+    assert net.calls == [2, 2, 1]
+    assert np.abs(out.astype(int) - faces.astype(int)).max() <= 1

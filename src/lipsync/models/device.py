@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,3 +83,43 @@ def inference() -> Iterator[None]:
     """The context every forward pass runs in: no autograd bookkeeping at all."""
     with torch.inference_mode():
         yield
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory (CUDA's own type, or the RuntimeError text)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class PinnedStaging:
+    """Page-locked host buffers, reused batch after batch, for asynchronous host<->CUDA copies.
+
+    A copy from pageable memory makes the driver stage it through a hidden pinned buffer first and blocks
+    the host; from a pinned one it is a DMA the host does not wait for. Buffers grow to the largest batch
+    seen and are then reused.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != like.dtype or buf.numel() < like.numel():
+            buf = torch.empty(like.numel(), dtype=like.dtype, pin_memory=True)
+            self._buffers[name] = buf
+        return buf[: like.numel()].view(like.shape)
+
+    def upload(self, name: str, host: torch.Tensor) -> torch.Tensor:
+        """``host`` copied into a pinned buffer (the caller then copies it to the device non_blocking).
+        The previous upload through this buffer must be finished: ``download`` synchronises."""
+        staged = self._buffer(name, host)
+        staged.copy_(host)
+        return staged
+
+    def download(self, device_tensor: torch.Tensor) -> np.ndarray:
+        """A host copy of ``device_tensor``: non-blocking into a pinned buffer, then one stream sync."""
+        staged = self._buffer("out", device_tensor)
+        staged.copy_(device_tensor, non_blocking=True)
+        torch.cuda.current_stream(device_tensor.device).synchronize()
+        return staged.numpy().copy()

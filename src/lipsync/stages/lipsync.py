@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lipsync.models.device import PinnedStaging, is_oom
 from lipsync.types import Box
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,6 @@ class MouthGenerator(Protocol):
     def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray: ...
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 class Wav2LipGenerator:
     """Batched Wav2Lip forward with OOM back-off.
 
@@ -135,7 +130,7 @@ class Wav2LipGenerator:
             try:
                 out[start:stop] = self._forward(inputs[start:stop], mel_in[start:stop])
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-                if not _is_oom(exc) or self.batch_size == 1:
+                if not is_oom(exc) or self.batch_size == 1:
                     raise
                 self.batch_size = max(1, self.batch_size // 2)
                 log.warning("out of memory in Wav2Lip; retrying with batch size %d", self.batch_size)
@@ -161,39 +156,6 @@ class Wav2LipGenerator:
         if self._staging is not None:
             host = self._staging.upload(name, host)
         return host.to(self.device, dtype=self.dtype, non_blocking=True)
-
-
-class PinnedStaging:
-    """Page-locked host buffers, reused batch after batch, for asynchronous host<->CUDA copies.
-
-    A copy from pageable memory makes the driver stage it through a hidden pinned buffer first and blocks
-    the host; from a pinned one it is a DMA the host does not wait for. Buffers grow to the largest batch
-    seen and are then reused.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        buf = self._buffers.get(name)
-        if buf is None or buf.dtype != like.dtype or buf.numel() < like.numel():
-            buf = torch.empty(like.numel(), dtype=like.dtype, pin_memory=True)
-            self._buffers[name] = buf
-        return buf[: like.numel()].view(like.shape)
-
-    def upload(self, name: str, host: torch.Tensor) -> torch.Tensor:
-        """``host`` copied into a pinned buffer (the caller then copies it to the device non_blocking).
-        The previous upload through this buffer must be finished: ``download`` synchronises."""
-        staged = self._buffer(name, host)
-        staged.copy_(host)
-        return staged
-
-    def download(self, device_tensor: torch.Tensor) -> np.ndarray:
-        """A host copy of ``device_tensor``: non-blocking into a pinned buffer, then one stream sync."""
-        staged = self._buffer("out", device_tensor)
-        staged.copy_(device_tensor, non_blocking=True)
-        torch.cuda.current_stream(device_tensor.device).synchronize()
-        return staged.numpy().copy()
 
 
 # --- postprocess ----------------------------------------------------------------------------------------
