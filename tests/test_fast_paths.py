@@ -305,3 +305,45 @@ def test_gfpgan_restorer_batches_and_keeps_bgr_order_on_cpu():
     out = GFPGANRestorer(net, "cpu", batch_size=2)(faces)
     assert net.calls == [2, 2, 1]
     assert np.abs(out.astype(int) - faces.astype(int)).max() <= 1
+
+
+# --- start-up ----------------------------------------------------------------------------------------------
+
+
+def test_the_run_path_imports_no_torch_and_no_scipy_before_work():
+    """torch (seconds to import on a CPU) loads beside tracking, on first use, not with the modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lipsync.pipeline, lipsync.cli.run, lipsync.faces, lipsync.render;"
+        "print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_generator_that_fails_to_load_beside_tracking_surfaces_its_typed_error(tmp_path):
+    from lipsync.config import Settings
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+    from pipeline_fixtures import (
+        ColorFaceBackend,
+        FaceSpec,
+        moving_box,
+        write_speechlike_wav,
+        write_synthetic_video,
+    )
+
+    video = write_synthetic_video(
+        tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 20, 60, 76))], width=160, height=120, seconds=0.2
+    )
+    audio = write_speechlike_wav(tmp_path / "a.wav", 0.2)
+    bad = tmp_path / "wav2lip_gan.pth"
+    torch.save({"state_dict": {"nonsense": torch.zeros(1)}}, bad)
+    settings = Settings(device="cpu", offline=True, models_dir=tmp_path / "m", wav2lip_checkpoint=bad)
+    pipe = LipSyncPipeline(settings, face_backend=ColorFaceBackend())
+    out = tmp_path / "out.mp4"
+    with pytest.raises(CheckpointLayoutError):
+        pipe(LipSyncRequest(video, audio, out, options=LipSyncOptions(enhance="off")))
+    assert not out.exists()

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from lipsync.config import Settings
 from lipsync.errors import InputError, LipSyncError, MediaError, MediaNotFound
 from lipsync.faces import FaceBackend, create_face_backend
 from lipsync.media import MediaInfo, decode_audio, probe
-from lipsync.models import ModelStore, load_network, resolve_device
+from lipsync.models import ModelStore, device_kind
 from lipsync.options import LipSyncOptions, TrackOptions, resolve_enhance
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer, render
 from lipsync.request import LipSyncRequest
@@ -190,6 +191,8 @@ class LipSyncPipeline:
     def get_generator(self) -> MouthGenerator:
         with self._lock:
             if self._generator is None:
+                from lipsync.models import load_network, resolve_device  # torch: imported here, on use
+
                 device = resolve_device(self.device)
                 name = self.settings.wav2lip_model
                 path = self.store.ensure(name)
@@ -200,9 +203,21 @@ class LipSyncPipeline:
                 )
             return self._generator
 
+    def _load_generator_beside(self) -> Future[MouthGenerator]:
+        """``get_generator`` on a worker thread (its result, or its error, comes from the future)."""
+        if self._generator is None:
+            self.store.ensure(self.settings.wav2lip_model)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="lipsync-load")
+        try:
+            return pool.submit(self.get_generator)
+        finally:
+            pool.shutdown(wait=False)
+
     def get_enhancer(self) -> FaceEnhancer:
         with self._lock:
             if self._enhancer is None:
+                from lipsync.models import load_network, resolve_device
+
                 device = resolve_device(self.device)
                 path = self.store.ensure("gfpgan_v1.4")
                 log.info("loading gfpgan_v1.4 from %s on %s", path, device)
@@ -223,7 +238,7 @@ class LipSyncPipeline:
 
     def enhance_enabled(self, options: LipSyncOptions) -> bool:
         """The request's ``enhance`` setting on this pipeline's device (``auto``: on under CUDA only)."""
-        return resolve_enhance(options.enhance, resolve_device(self.device).type)
+        return resolve_enhance(options.enhance, device_kind(self.device))
 
     def track(
         self,
@@ -252,7 +267,9 @@ class LipSyncPipeline:
         check_request(request)
         with timer("load_models"):
             backend = self.get_face_backend()
-            generator = self.get_generator()
+            # The generator (torch and its weights, seconds on a CPU) loads beside steps 2-3, which need
+            # neither; its file is checked now, so a missing one still fails before any work.
+            loading = self._load_generator_beside()
             enhancer = self.get_enhancer() if self.enhance_enabled(options) else None
 
         # 2. Probe and plan: the loop plan, and (per output frame, lazily) the mel window.
@@ -276,6 +293,8 @@ class LipSyncPipeline:
                 )
             stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
 
+        with timer("load_models"):
+            generator = loading.result()
         # 4 + 5. Generate, composite, enhance and encode, one bounded batch of output frames at a time.
         batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
         stats.batch_size = batch

@@ -15,16 +15,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from lipsync.faces.align import similarity_transform as least_squares_similarity
 from lipsync.models.device import PinnedStaging, is_oom
-from lipsync.nets import to_channels_last
+
+if TYPE_CHECKING:  # torch is imported on use (GFPGANRestorer): align/paste need none
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,10 @@ class GFPGANRestorer:
         batch_size: int | None = None,
         fp16: bool = True,
     ) -> None:
+        import torch
+
+        from lipsync.nets import to_channels_last
+
         self.device = torch.device(device)
         self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 1))
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
@@ -149,6 +154,8 @@ class GFPGANRestorer:
         self._staging = PinnedStaging() if self.device.type == "cuda" else None
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+
         out = np.empty_like(faces)
         start = 0
         while start < len(faces):
@@ -166,6 +173,8 @@ class GFPGANRestorer:
         return out
 
     def _forward(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             host = torch.from_numpy(np.ascontiguousarray(faces))
             if self._staging is not None:

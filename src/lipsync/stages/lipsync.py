@@ -12,15 +12,17 @@ Only ``Wav2LipGenerator.__call__`` touches torch.
 from __future__ import annotations
 
 import logging
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from lipsync.models.device import PinnedStaging, is_oom
 from lipsync.types import Box
+
+if TYPE_CHECKING:  # torch is imported on use: the run path reaches its first frame without it
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ DEFAULT_BATCH_SIZE = {"cuda": 128, "cpu": 16}
 
 
 def default_batch_size(device: torch.device | str) -> int:
-    kind = torch.device(device).type
+    kind = str(device).split(":")[0]
     return DEFAULT_BATCH_SIZE.get(kind, DEFAULT_BATCH_SIZE["cpu"])
 
 
@@ -101,6 +103,8 @@ class Wav2LipGenerator:
         channels_last: bool = True,
         fold_bn: bool = True,
     ) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.batch_size = int(batch_size or default_batch_size(self.device))
         if self.batch_size < 1:
@@ -117,6 +121,8 @@ class Wav2LipGenerator:
         self._staging = PinnedStaging() if self.device.type == "cuda" else None
 
     def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        import torch
+
         if len(faces) != len(mels):
             raise ValueError(f"{len(faces)} faces but {len(mels)} mel windows")
         if len(faces) == 0:
@@ -141,6 +147,8 @@ class Wav2LipGenerator:
         return out
 
     def _forward(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             face_t = self._to_device("face", faces)
             face_t = face_t.contiguous(memory_format=self.memory_format)
@@ -152,6 +160,8 @@ class Wav2LipGenerator:
             return self._staging.download(pred)
 
     def _to_device(self, name: str, array: np.ndarray) -> torch.Tensor:
+        import torch
+
         host = torch.from_numpy(array)
         if self._staging is not None:
             host = self._staging.upload(name, host)
