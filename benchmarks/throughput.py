@@ -42,7 +42,7 @@ import contextlib
 import json
 import os
 import platform
-import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,16 +52,14 @@ from pathlib import Path
 import numpy as np
 
 from _common import RESULTS_DIR, peak_rss_mb
+from _whole import ENV, _rate, peer, peer_git, whole_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CHAPLIN = SHARED / "media" / "talking_chaplin_850x480_30fps.mp4"
 CHAPLIN_AUDIO = SHARED / "media" / "speech_44k_mono_5s.mp3"
-PEER_SCRIPT = SHARED / "bench" / "peer_wav2lip.sh"
-PEER_PATH_FILE = Path("/work/notes/peer_path.txt")
 SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 sys.path.insert(0, str(REPO / "tests"))  # seeded checkpoint writers and clip builders live with the tests
-ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
 
 
 def _settings(spec: dict):
@@ -69,10 +67,6 @@ def _settings(spec: dict):
 
     return Settings(device=spec["device"], offline=True, models_dir=Path(spec["work"]) / "models",
                     wav2lip_checkpoint=spec["wav2lip"], face_backend="dlib")  # fmt: skip
-
-
-def _rate(n: int, seconds: float) -> float:
-    return round(n / seconds, 2) if seconds > 0 else float("inf")
 
 
 # --- the parts, one clip per child process ----------------------------------------------------------------
@@ -227,7 +221,10 @@ def first_frame(spec: dict) -> dict:
                              options=LipSyncOptions(enhance="off"))  # fmt: skip
     with contextlib.suppress(JobCancelled):
         pipe(request, progress=progress)
-    return {"first_frame_s": round(time.time() - spec["t0"], 2)}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds too: on a shared machine they say what the wall time would be on an idle one.
+    return {"first_frame_s": round(time.time() - spec["t0"], 2),
+            "first_frame_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}  # fmt: skip
 
 
 def _child(kind: str, spec: dict) -> dict:
@@ -236,56 +233,6 @@ def _child(kind: str, spec: dict) -> dict:
     if proc.returncode != 0:
         return {"clip": spec.get("clip"), "error": " | ".join(proc.stderr.strip().splitlines()[-4:])}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# --- whole process: ours and the peer's -----------------------------------------------------------------
-
-
-def whole_process(spec: dict, stats: Path) -> dict:
-    cmd = [sys.executable, "-c", "from lipsync.cli import main; main()", "run", "--video", spec["video"],
-           "--audio", spec["audio"], "--out", str(Path(spec["work"]) / "whole.mp4"), "--no-enhance",
-           "--no-progress", "--device", spec["device"], "--stats", str(stats)]  # fmt: skip
-    env = {**ENV, "LIPSYNC_OFFLINE": "1", "LIPSYNC_FACE_BACKEND": "dlib", "LIPSYNC_WAV2LIP_CHECKPOINT": spec["wav2lip"],
-           "LIPSYNC_MODELS_DIR": str(Path(spec["work"]) / "models")}  # fmt: skip
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        return {"row": "lipsync run", "error": proc.stderr.strip().splitlines()[-1:]}
-    frames = json.loads(stats.read_text())["frames"]
-    return {
-        "row": "lipsync run (whole process)",
-        "frames": frames,
-        "wall_s": round(wall, 2),
-        "fps": _rate(frames, wall),
-    }
-
-
-def peer(spec: dict, box: list[int], git: Path | None) -> dict:
-    if git is None:
-        return {
-            "row": "peer",
-            "skipped": f"no Wav2Lip checkout: pass --peer-git or write its path to {PEER_PATH_FILE}",
-        }
-    if not PEER_SCRIPT.exists():
-        return {"row": "peer", "skipped": f"{PEER_SCRIPT} is missing"}
-    out = Path(spec["work"]) / "peer.mp4"
-    cmd = ["bash", str(PEER_SCRIPT), str(git), sys.executable, spec["wav2lip"], spec["video"], spec["audio"],
-           " ".join(map(str, box)), str(out)]  # fmt: skip
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t
-    text = proc.stdout + proc.stderr
-    m = re.search(r"peer wall ([\d.]+) s, peak RSS (\d+) KB", text)
-    if proc.returncode != 0 or m is None or not out.exists():
-        return {"row": "peer", "error": text.strip().splitlines()[-3:]}
-    from lipsync.media import probe
-
-    frames = probe(out).num_frames
-    peer_wall = float(m.group(1))
-    return {"row": "peer: Wav2Lip inference.py --box", "frames": frames, "wall_s": peer_wall,
-            "fps": _rate(frames, peer_wall), "peak_rss_mb": round(int(m.group(2)) / 1024, 1),
-            "script_wall_s": round(wall, 2), "box": box}  # fmt: skip
 
 
 def startup(spec: dict) -> dict:
@@ -297,15 +244,6 @@ def startup(spec: dict) -> dict:
 
 
 # --- driver -----------------------------------------------------------------------------------------------
-
-
-def _peer_git(arg: str | None) -> Path | None:
-    if arg:
-        return Path(arg)
-    if PEER_PATH_FILE.exists():
-        text = PEER_PATH_FILE.read_text().strip()
-        return Path(text) if text and Path(text).exists() else None
-    return None
 
 
 def main() -> None:
@@ -364,7 +302,7 @@ def main() -> None:
             elif not box_file.exists():
                 theirs = {"row": "peer", "skipped": "no box: the Chaplin clip row failed"}
             else:
-                theirs = peer(chaplin, json.loads(box_file.read_text()), _peer_git(args.peer_git))
+                theirs = peer(chaplin, json.loads(box_file.read_text()), peer_git(args.peer_git))
             report["whole_process"].append(theirs)
             if "fps" in ours and "fps" in theirs:
                 report["ours_over_peer"] = round(ours["fps"] / theirs["fps"], 2)
