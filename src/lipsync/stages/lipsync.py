@@ -165,7 +165,10 @@ class Wav2LipGenerator:
         host = torch.from_numpy(array)
         if self._staging is not None:
             host = self._staging.upload(name, host)
-        return host.to(self.device, dtype=self.dtype, non_blocking=True)
+            # Copied as float32 and cast on the device: a cast during the copy would go through a
+            # pageable temporary on the host and lose the asynchronous copy.
+            return host.to(self.device, non_blocking=True).to(self.dtype)
+        return host.to(self.device, dtype=self.dtype)
 
 
 # --- postprocess ----------------------------------------------------------------------------------------
