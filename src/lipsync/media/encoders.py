@@ -3,7 +3,7 @@
 ``crf`` and ``preset`` left unset (None) mean "the default for this device", measured with
 encode-only runs of the 850x480 Chaplin clip (210 frames; 2-core CPU; libx264 with frame threads; fps of
 CPU time, so other processes on the shared machine do not skew it; ``benchmarks/throughput.py`` repeats
-the encode-only row per clip):
+the encode-only row per clip, benchmarks/media.py the medium/veryfast/ultrafast rows per resolution):
 
 =========  ===========  =====================  =========
 preset     CPU fps      file at crf 18         vs medium
