@@ -352,3 +352,56 @@ def test_a_generator_that_fails_to_load_beside_tracking_surfaces_its_typed_error
     with pytest.raises(CheckpointLayoutError):
         pipe(LipSyncRequest(video, audio, out, options=LipSyncOptions(enhance="off")))
     assert not out.exists()
+
+
+# --- the onnxruntime alternative on CPU -----------------------------------------------------------------
+
+
+def test_onnxruntime_generator_matches_torch_and_caches_its_export(wav2lip_file, tmp_path):
+    faces, mels = _inputs(5)
+    cache = tmp_path / "onnx"
+    ref = Wav2LipGenerator(load_network("wav2lip_gan", wav2lip_file), "cpu", batch_size=4)(faces, mels)
+    ort_gen = Wav2LipGenerator(
+        load_network("wav2lip_gan", wav2lip_file),
+        "cpu",
+        batch_size=4,
+        runtime="onnxruntime",
+        onnx_cache=cache,
+    )
+    assert np.abs(ort_gen(faces, mels).astype(int) - ref.astype(int)).max() <= 1
+    (export,) = cache.glob("wav2lip-*.onnx")
+    stamp = export.stat().st_mtime_ns
+    again = Wav2LipGenerator(
+        load_network("wav2lip_gan", wav2lip_file), "cpu", runtime="onnxruntime", onnx_cache=cache
+    )
+    assert again._ort.path == export and export.stat().st_mtime_ns == stamp  # reused, not re-exported
+    # A corrupt cache entry is never trusted: it is exported again.
+    export.write_bytes(b"not a model")
+    rebuilt = Wav2LipGenerator(
+        load_network("wav2lip_gan", wav2lip_file), "cpu", runtime="onnxruntime", onnx_cache=cache
+    )
+    assert np.abs(rebuilt(faces, mels).astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_other_weights_get_their_own_export_and_bad_runtime_is_refused(tmp_path):
+    from lipsync.stages.wav2lip_onnx import weights_digest
+
+    a, b = Wav2Lip(), Wav2Lip()
+    assert weights_digest(a) != weights_digest(b)
+    with pytest.raises(ValueError, match="runtime"):
+        Wav2LipGenerator(Wav2Lip(), "cpu", runtime="tensorrt")
+    with pytest.raises(ValueError, match="onnx_cache"):
+        Wav2LipGenerator(Wav2Lip(), "cpu", runtime="onnxruntime")
+
+
+def test_the_pipeline_setting_selects_onnxruntime_with_its_cache_under_models_dir(wav2lip_file, tmp_path):
+    from lipsync.config import Settings
+    from lipsync.pipeline import LipSyncPipeline
+
+    settings = Settings(device="cpu", offline=True, models_dir=tmp_path / "models",
+                        wav2lip_checkpoint=wav2lip_file, cpu_generator="onnxruntime")  # fmt: skip
+    gen = LipSyncPipeline(settings).get_generator()
+    assert gen._ort is not None and gen._ort.path.parent == tmp_path / "models" / "onnx"
+    assert (
+        LipSyncPipeline(settings.model_copy(update={"cpu_generator": "torch"})).get_generator()._ort is None
+    )

@@ -199,8 +199,9 @@ class LipSyncPipeline:
                 log.info("loading %s from %s on %s", name, path, device)
                 net = load_network(name, path, device=device)
                 self._generator = Wav2LipGenerator(
-                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16
-                )
+                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16,
+                    runtime=self.settings.cpu_generator, onnx_cache=Path(self.settings.models_dir) / "onnx",
+                )  # fmt: skip
             return self._generator
 
     def _load_generator_beside(self) -> Future[MouthGenerator]:

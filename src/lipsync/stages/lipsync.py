@@ -12,6 +12,7 @@ Only ``Wav2LipGenerator.__call__`` touches torch.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
@@ -103,6 +104,8 @@ class Wav2LipGenerator:
         fp16: bool = True,
         channels_last: bool = True,
         fold_bn: bool = True,
+        runtime: str = "torch",
+        onnx_cache: Path | None = None,
     ) -> None:
         import torch
 
@@ -120,6 +123,16 @@ class Wav2LipGenerator:
             net = fold_batchnorm(net.float())
         self.net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format).eval()
         self._staging = PinnedStaging() if self.device.type == "cuda" else None
+        # onnxruntime is a CPU alternative only (stages.wav2lip_onnx); CUDA keeps torch (fp16, pinned copies).
+        self._ort = None
+        if runtime == "onnxruntime" and self.device.type == "cpu":
+            from lipsync.stages.wav2lip_onnx import OnnxWav2Lip
+
+            if onnx_cache is None:
+                raise ValueError("runtime='onnxruntime' needs onnx_cache, the folder for the exported model")
+            self._ort = OnnxWav2Lip(self.net.to(memory_format=torch.contiguous_format), onnx_cache)
+        elif runtime not in ("torch", "onnxruntime"):
+            raise ValueError(f"runtime must be torch or onnxruntime, got {runtime!r}")
 
     def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         import torch
@@ -150,6 +163,9 @@ class Wav2LipGenerator:
     def _forward(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         import torch
 
+        if self._ort is not None:
+            pred = np.clip(self._ort(mels, faces), 0.0, 1.0) * 255.0
+            return np.rint(pred).astype(np.uint8).transpose(0, 2, 3, 1)
         with torch.inference_mode():
             face_t = self._to_device("face", faces)
             face_t = face_t.contiguous(memory_format=self.memory_format)
