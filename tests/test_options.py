@@ -151,7 +151,7 @@ def cli_track(monkeypatch, capsys, tmp_path, media):
     import lipsync.faces
     from lipsync.faces import TrackingOptions
 
-    def record(cls, job, **internal):
+    def record(cls, job, *args, **internal):
         raise _Captured(job)
 
     monkeypatch.setattr(TrackingOptions, "from_job", classmethod(record))
@@ -271,9 +271,10 @@ def test_enhance_quality_maps_to_enhance_and_types_are_strict():
         parse_options(LipSyncOptions, {"enhance": "on", "enhance_quality": False})
 
 
-def test_auto_enhance_resolves_by_device(monkeypatch, caplog):
+def test_auto_enhance_resolves_by_device(monkeypatch, caplog, tmp_path):
     import torch
 
+    import lipsync.models.device
     from lipsync.config import Settings
     from lipsync.pipeline import LipSyncPipeline
 
@@ -284,7 +285,9 @@ def test_auto_enhance_resolves_by_device(monkeypatch, caplog):
     with caplog.at_level("INFO", logger="lipsync.pipeline"):
         assert pipe.enhance_enabled(LipSyncOptions()) is False
     assert "enhance=auto" in caplog.text and "off on cpu" in caplog.text
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA host, mocked
+    # A CUDA host, mocked: a device node and torch's answer.
+    monkeypatch.setattr(lipsync.models.device, "_NVIDIA_NODES", (str(tmp_path),))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pipe.enhance_enabled(LipSyncOptions()) is True
     assert pipe.enhance_enabled(LipSyncOptions(enhance="off")) is False
 

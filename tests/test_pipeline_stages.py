@@ -240,6 +240,7 @@ def test_wav2lip_fp16_on_cuda_matches_fp32_on_cpu():
     faces = np.random.default_rng(5).integers(0, 256, (8, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     mels = np.random.default_rng(6).uniform(-4, 4, (8, 80, 16)).astype(np.float32)
     cpu = Wav2LipGenerator(net, "cpu", batch_size=8)(faces, mels)
+    net = Wav2Lip()  # the CPU generator folded the first copy's BatchNorms in place
     net.load_state_dict(state)
     gpu_gen = Wav2LipGenerator(net, "cuda", batch_size=8, fp16=True)
     assert gpu_gen.dtype == torch.float16

@@ -4,6 +4,7 @@ nothing below those layers reads environment variables."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     device: DeviceChoice = Field("auto", description="auto (cuda if available), cpu or cuda.")
     fp16: bool = Field(True, description="Run the generators in float16 on CUDA.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Wav2Lip batch size (default per device).")
+    cpu_generator: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="What runs Wav2Lip on a CPU: torch (BatchNorm folded, channels_last) or "
+        "onnxruntime (the folded network exported once per checkpoint to <models_dir>/onnx). They measured "
+        "a tie in CPU time (benchmarks/generator_backends.py).",
+    )  # fmt: skip
 
     # --- models --------------------------------------------------------------------------------------
     offline: bool = Field(False, description="Never download; missing models raise a clear error.")
@@ -55,6 +61,12 @@ class Settings(BaseSettings):
     )
     det_model: Path | None = Field(None, description="Use this SCRFD detector ONNX instead of buffalo_l's.")
     rec_model: Path | None = Field(None, description="Use this ArcFace ONNX instead of buffalo_l's.")
+    det_size: int | None = Field(
+        None, ge=160, le=1280, multiple_of=32,
+        description="SCRFD input side in pixels for models with a dynamic input (det_10g). Default: per "
+        "device, 320 on CPU (4x fewer pixels than 640; boxes within IoU 0.9 of 640's on the shared "
+        "clips, benchmarks/detection.py), 640 on CUDA.",
+    )  # fmt: skip
     face_backend: FaceBackendName = Field("insightface", description="insightface or dlib.")
 
     # --- media limits --------------------------------------------------------------------------------

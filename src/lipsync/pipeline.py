@@ -158,7 +158,9 @@ class LipSyncPipeline(PipelineModels):
         check_job_media(request.video, request.audio, MediaLimits.from_settings(self.settings), stems)
         with timer("load_models"):
             backend = self.get_face_backend()
-            generator = self.get_generator()
+            # The generator (torch and its weights, seconds on a CPU) loads beside step 2, which needs
+            # neither; its file is checked now, so a missing one still fails before any work.
+            loading = self.load_generator_beside()
             enhancer = self.get_enhancer() if self.enhance_enabled(options) else None
             vad = self.get_vad()
             occlusion = self.get_occlusion(options.occlusion_mask)
@@ -180,6 +182,8 @@ class LipSyncPipeline(PipelineModels):
         for view in views:
             stats.characters[view.character_id] = CharacterStats(view.character_id, view.name)
 
+        with timer("load_models"):
+            generator = loading.result()
         # 4 + 5. Track, generate, composite, enhance and encode, every stage on its own thread.
         batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
         stats.batch_size = batch

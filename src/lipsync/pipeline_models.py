@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from lipsync.audio.vad import VoiceDetector, load_detector
 from lipsync.config import Settings
 from lipsync.faces import FaceBackend, create_face_backend
-from lipsync.models import ModelStore, load_network, resolve_device
+from lipsync.models import ModelStore, device_kind
 from lipsync.options import EnhanceChoice, LipSyncOptions, resolve_enhance, resolve_occlusion
 from lipsync.stages.enhance import FaceEnhancer, FaceRestorer, GFPGANRestorer
 from lipsync.stages.lipsync import MouthGenerator, Wav2LipGenerator
@@ -87,19 +89,35 @@ class PipelineModels:
     def get_generator(self) -> MouthGenerator:
         with self._lock:
             if self._generator is None:
+                from lipsync.models import load_network, resolve_device  # torch: imported here, on use
+
                 device = resolve_device(self.device)
                 name = self.settings.wav2lip_model
                 path = self.store.ensure(name)
                 log.info("loading %s from %s on %s", name, path, device)
                 net = load_network(name, path, device=device)
                 self._generator = Wav2LipGenerator(
-                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16
-                )
+                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16,
+                    runtime=self.settings.cpu_generator, onnx_cache=Path(self.settings.models_dir) / "onnx",
+                )  # fmt: skip
             return self._generator
+
+    def load_generator_beside(self) -> Future[MouthGenerator]:
+        """``get_generator`` on a worker thread (its result, or its error, comes from the future). Its file
+        is checked first, so a missing one still fails before any work."""
+        if self._generator is None:
+            self.store.ensure(self.settings.wav2lip_model)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="lipsync-load")
+        try:
+            return pool.submit(self.get_generator)
+        finally:
+            pool.shutdown(wait=False)
 
     def get_enhancer(self) -> FaceEnhancer:
         with self._lock:
             if self._enhancer is None:
+                from lipsync.models import load_network, resolve_device
+
                 device = resolve_device(self.device)
                 path = self.store.ensure("gfpgan_v1.4")
                 log.info("loading gfpgan_v1.4 from %s on %s", path, device)
@@ -120,6 +138,8 @@ class PipelineModels:
         """The occlusion masker for a request's ``occlusion_mask`` setting (see ``resolve_occlusion``); a
         masker given to the constructor counts as present."""
         with self._lock:
+            from lipsync.models import load_network, resolve_device
+
             device = resolve_device(self.device)
             present = self._occlusion is not None or self.store.path_for("face_parsing").is_file()
             if not resolve_occlusion(choice, present, device.type):
@@ -139,7 +159,7 @@ class PipelineModels:
 
     def enhance_enabled(self, options: LipSyncOptions) -> bool:
         """The request's ``enhance`` setting on this pipeline's device (``auto``: on under CUDA only)."""
-        device = resolve_device(self.device).type
+        device = device_kind(self.device)
         on = resolve_enhance(options.enhance, device)
         if options.enhance == "auto":
             log.info(

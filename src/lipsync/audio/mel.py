@@ -23,7 +23,6 @@ from functools import lru_cache
 from numbers import Rational
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from lipsync.errors import EmptyAudio, InputError
 
@@ -133,6 +132,10 @@ def _as_mono_16k(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     sample_rate = _count(sample_rate, "sample_rate", minimum=1)
     if sample_rate != SAMPLE_RATE:
         # The network was trained on 16 kHz features; resample with a proper polyphase low-pass.
+        # Imported here: scipy.signal pulls in scipy.stats and costs about a third of the run path's
+        # start-up, and the pipeline's own audio arrives at 16 kHz already (media.decode_audio).
+        from scipy.signal import resample_poly
+
         g = math.gcd(SAMPLE_RATE, sample_rate)
         wav = resample_poly(_to_float(wav), SAMPLE_RATE // g, sample_rate // g)
     return wav

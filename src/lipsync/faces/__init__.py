@@ -16,6 +16,7 @@ from lipsync.faces.backend import (
     create_face_backend,
     create_session,
     embed_faces,
+    face_device,
 )
 from lipsync.faces.matching import CharacterRef, build_references, match_faces, reference_embedding
 from lipsync.faces.scrfd import SCRFDDetector
@@ -53,6 +54,7 @@ __all__ = [
     "create_session",
     "draw_tracks",
     "embed_faces",
+    "face_device",
     "letterbox",
     "match_faces",
     "pad_track",

@@ -10,7 +10,7 @@ import numpy as np
 
 from lipsync.errors import ModelError, ModelNotAvailable
 from lipsync.faces.arcface import INSIGHTFACE_DEFAULT_THRESHOLD, ArcFaceRecognizer, cosine_similarity01
-from lipsync.faces.scrfd import SCRFDDetector
+from lipsync.faces.scrfd import SCRFDDetector, default_input_size
 from lipsync.types import Face
 
 if TYPE_CHECKING:
@@ -73,6 +73,19 @@ class InsightFaceBackend:
         return cosine_similarity01(a, b)
 
 
+def face_device(backend: FaceBackend) -> str | None:
+    """``cuda`` or ``cpu``: where ``backend`` detects faces, or None when it does not say (test doubles).
+    Tracking's per-device defaults (``sample_every``) follow it."""
+    device = getattr(backend, "device", None)
+    if isinstance(device, str):
+        return device
+    session = getattr(getattr(backend, "detector", None), "session", None)
+    providers = getattr(session, "get_providers", None)
+    if providers is None:
+        return None
+    return "cuda" if providers()[:1] == ["CUDAExecutionProvider"] else "cpu"
+
+
 def onnx_providers(device: str = "auto") -> list[str]:
     """CUDA first when onnxruntime has it (and the device choice allows it), CPU always."""
     import onnxruntime as ort
@@ -126,6 +139,9 @@ def create_face_backend(settings: Settings, store=None) -> FaceBackend:
             det_path = det_path or folder / "det_10g.onnx"
             rec_path = rec_path or folder / "w600k_r50.onnx"
     device = str(getattr(settings, "device", "auto"))
-    detector = SCRFDDetector(create_session(det_path, device))
+    det_session = create_session(det_path, device)
+    det_size = getattr(settings, "det_size", None) or default_input_size(det_session.get_providers())
+    detector = SCRFDDetector(det_session, input_size=det_size)
+    log.info("SCRFD detector input %dx%d", detector.input_width, detector.input_height)
     recognizer = ArcFaceRecognizer(create_session(rec_path, device))
     return InsightFaceBackend(detector, recognizer)

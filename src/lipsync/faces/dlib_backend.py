@@ -83,6 +83,7 @@ class DlibBackend:
 
     name = "dlib"
     default_threshold = DLIB_DEFAULT_THRESHOLD
+    device = "cpu"  # dlib's HOG detector and descriptor run on the CPU
 
     def __init__(
         self,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from lipsync.errors import FaceError, ReferenceFaceNotFound
 from lipsync.faces.backend import FaceBackend
@@ -111,6 +110,8 @@ def assign(scores: np.ndarray, eligible: np.ndarray) -> list[tuple[int, int]]:
     # (then dropped); the offset keeps every eligible cost negative, so matching more pairs always wins.
     big = float(np.abs(scores[eligible]).sum() + 1.0) * 2.0
     cost = np.where(eligible, -(scores + big / 2.0), big)
+    from scipy.optimize import linear_sum_assignment  # on use: keeps scipy out of start-up
+
     rows, cols = linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if eligible[r, c]]
 

@@ -1,6 +1,7 @@
 """SCRFD face detector (InsightFace's det_10g / det_2.5g family) on an onnxruntime session.
 
-Pre-processing: letterbox into the model input (640x640 when the session's input is dynamic, the fixed
+Pre-processing: letterbox into the model input (``input_size`` square when the session's input is
+dynamic, 640 unless told: the backend factory passes 320 on CPU, see ``DEVICE_INPUT_SIZE``; the fixed
 size otherwise), padding bottom/right; RGB; (x - 127.5) / 128; NCHW float32.
 
 Post-processing: for each stride s in 8/16/32 (2 anchors per feature-map cell, anchors consecutive per
@@ -27,6 +28,16 @@ from lipsync.types import Box, Face
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE = 640
+#: Input side for a dynamic model when the settings leave it unset. On a CPU detection runs every few
+#: frames in the critical path, and a face that fills a talking-head frame needs no 640-pixel input:
+#: 320 costs about a quarter of the compute (benchmarks/detection.py measures both on the shared clips).
+DEVICE_INPUT_SIZE = {"cpu": 320, "cuda": 640}
+
+
+def default_input_size(providers: list[str] | tuple[str, ...]) -> int:
+    """The input side for a session running on ``providers`` (CUDA first means the GPU)."""
+    on_gpu = bool(providers) and providers[0] == "CUDAExecutionProvider"
+    return DEVICE_INPUT_SIZE["cuda" if on_gpu else "cpu"]
 
 
 @dataclass(frozen=True, slots=True)

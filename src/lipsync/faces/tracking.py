@@ -47,7 +47,7 @@ from lipsync.faces.matching import CharacterRef, build_references, match_faces
 from lipsync.faces.pose import angle_gap, roll_degrees
 from lipsync.faces.shots import ShotChangeDetector
 from lipsync.faces.smoothing import contiguous_runs, smooth_segment
-from lipsync.options import TrackOptions
+from lipsync.options import SAMPLE_EVERY_BY_DEVICE, TrackOptions, resolve_sample_every
 from lipsync.types import Box, Character, Face, Pads, Track, TrackPoint
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class TrackingOptions:
 
     similarity_threshold: float = _JOB.similarity_threshold
     temporal_smoothing: float = _JOB.temporal_smoothing
-    sample_every: int = _JOB.sample_every
+    sample_every: int = SAMPLE_EVERY_BY_DEVICE["cuda"]  # the job's default is per device: from_job
     pads: Pads = _JOB.pads_tuple
     # Bhattacharyya distance between consecutive thumbnails' HSV histograms above which a cut is declared.
     # Measured on the shared talking-head clips: <= 0.06 within a shot, >= 0.8 across clips. A missed cut
@@ -87,9 +87,11 @@ class TrackingOptions:
     max_buffered_frames: int = 64
 
     @classmethod
-    def from_job(cls, job: TrackOptions, **internal: object) -> TrackingOptions:
-        """The tracker's knobs for a job's validated settings (plus any internal overrides)."""
+    def from_job(cls, job: TrackOptions, device: str | None = None, **internal: object) -> TrackingOptions:
+        """The tracker's knobs for a job's validated settings (plus any internal overrides); ``device``
+        is the face backend's (``face_device``), which an unset ``sample_every`` depends on."""
         shared = {name: getattr(job, name) for name in _JOB_KNOBS}
+        shared["sample_every"] = resolve_sample_every(job.sample_every, device)
         return cls(**{**shared, "pads": job.pads_tuple, **internal})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from lipsync.errors import EncodeError
 from lipsync.media.audio import AudioSource
+from lipsync.media.encoders import EncoderSettings
 
 _AUDIO_CHUNK = 4096  # samples handed to the AAC encoder at a time (it re-frames to 1024)
 _BT709 = 1  # AVCOL_SPC_BT709 == AVCOL_PRI_BT709 == AVCOL_TRC_BT709
@@ -32,6 +33,9 @@ def even_size(width: int, height: int) -> tuple[int, int]:
 
 class VideoWriter:
     """Write BGR frames one by one; the file is complete (and faststart) after ``close()``.
+
+    ``codec`` is ``libx264`` (frame-threaded) or ``h264_nvenc`` (``crf`` is then its constant quality
+    ``cq`` and ``preset`` maps onto p1..p7); ``lipsync.media.encoders.resolve_encoder`` picks them per job.
 
     ``audio`` is muxed as AAC and trimmed or zero-padded to exactly frames_written / fps seconds. It is
     read sequentially and interleaved with the video while frames are written, so neither the writer
@@ -58,6 +62,7 @@ class VideoWriter:
         audio_rate: int | None = None,
         audio_bitrate: int = 128_000,
         threads: int = 0,
+        codec: str = "libx264",
     ) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"invalid frame size {width}x{height}")
@@ -80,9 +85,8 @@ class VideoWriter:
             self._container = av.open(
                 str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"}
             )
-            self._vstream = self._container.add_stream(
-                "libx264", rate=self.fps, options={"crf": str(crf), "preset": preset}
-            )
+            options = EncoderSettings(codec, crf, preset).stream_options()  # type: ignore[arg-type]
+            self._vstream = self._container.add_stream(codec, rate=self.fps, options=options)
             self._vstream.width, self._vstream.height = enc_w, enc_h
             self._vstream.pix_fmt = "yuv420p"
             # Convert with BT.709 and say so in the stream (VUI): untagged H.264 leaves players to guess,
@@ -91,8 +95,11 @@ class VideoWriter:
             vctx.colorspace, vctx.color_primaries, vctx.color_trc = _BT709, _BT709, _BT709
             vctx.color_range = _RANGE_MPEG
             self._vstream.codec_context.time_base = 1 / self.fps
-            if threads:
-                self._vstream.codec_context.thread_count = threads
+            if codec == "libx264":
+                # Frame threads (x264's own, one frame per thread in flight) rather than PyAV's default
+                # slice threads: same output size, more work per thread, less synchronisation.
+                vctx.thread_type = "FRAME"
+                vctx.thread_count = threads  # 0: x264 picks (1.5x the cores)
             self._astream = None
             if self._audio is not None:
                 channels = self._audio.channels

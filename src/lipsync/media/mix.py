@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import minimum_filter1d
 
 from lipsync.errors import MediaError
 from lipsync.media.audio import AudioSource
@@ -51,6 +50,8 @@ class Limiter:
         L = self.look
         # h[k]: the least gain any sample in [k - L, k] needs (a sliding minimum, window L + 1 ending at k).
         # (origin L/2 puts scipy's odd window of L + 1 samples wholly at and before its centre.)
+        from scipy.ndimage import minimum_filter1d  # scipy loads on first use, not at start-up
+
         h = minimum_filter1d(need_all, size=L + 1, origin=L // 2, mode="nearest")[2 * L :]
         # Linear release: r[k] = min over m <= k of h[m] + release * (k - m), carried across blocks.
         steps = np.arange(1, n + 1, dtype=np.float64)

@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "check_layout": "loading",
     # device
     "resolve_device": "device",
+    "device_kind": "device",
     "prepare_module": "device",
     "use_fp16": "device",
     "module_dtype": "device",
@@ -56,6 +57,7 @@ __all__ = [
     "ModelStore",
     "ProgressCallback",
     "check_layout",
+    "device_kind",
     "download",
     "env_var",
     "extract_state_dict",
@@ -76,7 +78,14 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lipsync.models.archive import extract_zip
     from lipsync.models.catalog import CATALOG, TORCH_MODELS, ArchiveMember, ModelSpec, get_spec
-    from lipsync.models.device import inference, module_dtype, prepare_module, resolve_device, use_fp16
+    from lipsync.models.device import (
+        device_kind,
+        inference,
+        module_dtype,
+        prepare_module,
+        resolve_device,
+        use_fp16,
+    )
     from lipsync.models.download import DownloadOptions, ProgressCallback, download, sha256_file
     from lipsync.models.loading import (
         check_layout,

@@ -3,21 +3,46 @@
 fp16 and channels_last are decisions per network and device: fp16 only ever on CUDA (CPU half-precision
 convolutions are slow or unsupported), channels_last only where it was measured to help (the nets
 benchmark decides; ``prepare_module`` is the one place that applies it).
+
+torch is imported on first use, not with this module: the run path reaches its first decoded frame
+without it (tracking needs no torch), while the generator loads beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+import numpy as np
 
 from lipsync.errors import DeviceUnavailable, InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+_NVIDIA_NODES = ("/dev/nvidiactl", "/dev/nvidia0")
+
+
+def device_kind(choice: str = "auto") -> str:
+    """``cpu`` or ``cuda``: what ``resolve_device(choice)`` would pick, without importing torch where the
+    answer is plain (an explicit choice, or a machine with no NVIDIA device node at all)."""
+    choice = (choice or "auto").strip().lower()
+    if choice == "cpu":
+        return "cpu"
+    if choice.startswith("cuda"):
+        return "cuda"
+    if not any(os.path.exists(node) for node in _NVIDIA_NODES):
+        return "cpu"
+    return resolve_device(choice).type
 
 
 def resolve_device(choice: str = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cpu``; ``cuda`` or ``cuda:N`` (must exist)."""
+    import torch
+
     choice = (choice or "auto").strip().lower()
     if choice == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -55,6 +80,8 @@ def prepare_module(
 ) -> nn.Module:
     """Move to ``device``, set eval mode and freeze; optionally half precision (CUDA only) and
     channels_last memory format. Returns the same module."""
+    import torch
+
     device = torch.device(device)
     module = module.to(device)
     if use_fp16(device, fp16):
@@ -71,6 +98,8 @@ def prepare_module(
 
 def module_dtype(module: nn.Module) -> torch.dtype:
     """The floating dtype of a module's parameters (float32 when it has none)."""
+    import torch
+
     for param in module.parameters():
         if param.is_floating_point():
             return param.dtype
@@ -80,5 +109,53 @@ def module_dtype(module: nn.Module) -> torch.dtype:
 @contextlib.contextmanager
 def inference() -> Iterator[None]:
     """The context every forward pass runs in: no autograd bookkeeping at all."""
+    import torch
+
     with torch.inference_mode():
         yield
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory (CUDA's own type, or the RuntimeError text)."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class PinnedStaging:
+    """Page-locked host buffers, reused batch after batch, for asynchronous host<->CUDA copies.
+
+    A copy from pageable memory makes the driver stage it through a hidden pinned buffer first and blocks
+    the host; from a pinned one it is a DMA the host does not wait for. Buffers grow to the largest batch
+    seen and are then reused.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != like.dtype or buf.numel() < like.numel():
+            buf = torch.empty(like.numel(), dtype=like.dtype, pin_memory=True)
+            self._buffers[name] = buf
+        return buf[: like.numel()].view(like.shape)
+
+    def upload(self, name: str, host: torch.Tensor) -> torch.Tensor:
+        """``host`` copied into a pinned buffer (the caller then copies it to the device non_blocking).
+        The previous upload through this buffer must be finished: ``download`` synchronises."""
+        staged = self._buffer(name, host)
+        staged.copy_(host)
+        return staged
+
+    def download(self, device_tensor: torch.Tensor) -> np.ndarray:
+        """A host copy of ``device_tensor``: non-blocking into a pinned buffer, then one stream sync."""
+        import torch
+
+        staged = self._buffer("out", device_tensor)
+        staged.copy_(device_tensor, non_blocking=True)
+        torch.cuda.current_stream(device_tensor.device).synchronize()
+        return staged.numpy().copy()

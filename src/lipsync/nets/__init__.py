@@ -13,7 +13,7 @@ from collections.abc import Callable
 from torch import nn
 
 from lipsync.nets.bisenet import BiSeNet
-from lipsync.nets.blocks import to_channels_last
+from lipsync.nets.blocks import fold_batchnorm, has_batchnorm, to_channels_last
 from lipsync.nets.gfpgan import GFPGANv1Clean, StyleGAN2GeneratorSFT, gfpgan_v14
 from lipsync.nets.syncnet import SyncNet, stack_lower_halves, sync_score
 from lipsync.nets.wav2lip import Wav2Lip
@@ -33,7 +33,9 @@ __all__ = [
     "StyleGAN2GeneratorSFT",
     "SyncNet",
     "Wav2Lip",
+    "fold_batchnorm",
     "gfpgan_v14",
+    "has_batchnorm",
     "stack_lower_halves",
     "sync_score",
     "to_channels_last",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 IntPair = int | tuple[int, int]
 
@@ -90,3 +91,29 @@ def to_channels_last(module: nn.Module) -> nn.Module:
         if tensor.dim() == 4:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
     return module
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm of the ConvBlocks and ConvTransposeBlocks in ``module`` into its convolution,
+    in place; returns ``module`` in eval mode.
+
+    In eval mode a BatchNorm is a per-channel affine map, so ``bn(conv(x))`` is one convolution with
+    rescaled weights and a shifted bias: the network computes the same function (to float rounding) with
+    half as many passes over its activations. Load the checkpoint first: the folded module's state dict
+    no longer has the ``conv_block.1`` entries of the public layout.
+    """
+    module.eval()
+    for block in module.modules():
+        if not isinstance(block, ConvBlock | ConvTransposeBlock):
+            continue
+        conv, norm = block.conv_block[0], block.conv_block[-1]
+        if not isinstance(norm, nn.BatchNorm2d):
+            continue  # already folded
+        fused = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
+        fused.requires_grad_(False)
+        block.conv_block = nn.Sequential(fused)
+    return module
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in module.modules())

@@ -24,6 +24,7 @@ from pathlib import Path
 from lipsync.faces import StreamingTracker
 from lipsync.faces.tracking import ANONYMOUS_ID
 from lipsync.media import VideoWriter
+from lipsync.media.encoders import resolve_encoder
 from lipsync.options import LipSyncOptions
 from lipsync.render.engine import FrameBudget, RunState, Stage, run_stages
 from lipsync.render.job import RenderJob
@@ -113,8 +114,9 @@ def render_pipelined(
             # Entered before the writer, so the stack closes it after the writer (whose close reads the
             # rest of the audio it needs), on success and on error alike.
             audio = stack.enter_context(open_audio(job.audio, job.out_rate, job.audio_offset))
+            enc = resolve_encoder(options.encoder, options.crf, options.preset, stats.device)
             writer = VideoWriter(
-                partial, width, height, job.fps, crf=options.crf, preset=options.preset, audio=audio,
+                partial, width, height, job.fps, crf=enc.crf, preset=enc.preset, codec=enc.codec, audio=audio,
             )  # fmt: skip
             stack.enter_context(writer)
 

@@ -19,6 +19,7 @@ import numpy as np
 from lipsync.errors import MediaError
 from lipsync.faces.pose import estimate_pose
 from lipsync.media import AudioSource, FrameReader, MediaInfo, VideoWriter, iter_frames
+from lipsync.media.encoders import resolve_encoder
 from lipsync.media.mix import MixedAudioSource
 from lipsync.options import LipSyncOptions
 from lipsync.render.job import FaceJob, RenderJob
@@ -59,8 +60,9 @@ def render(
             # Entered before the writer, so the stack closes it after the writer (whose close reads
             # the rest of the audio it needs), on success and on error alike.
             audio = stack.enter_context(open_audio(job.audio, job.out_rate, job.audio_offset))
+            enc = resolve_encoder(options.encoder, options.crf, options.preset, stats.device)
             writer = VideoWriter(
-                partial, width, height, job.fps, crf=options.crf, preset=options.preset, audio=audio,
+                partial, width, height, job.fps, crf=enc.crf, preset=enc.preset, codec=enc.codec, audio=audio,
             )  # fmt: skip
             stack.enter_context(writer)
             encoder = BackgroundEncoder(writer)

@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from lipsync.faces.align import similarity_transform as least_squares_similarity
-from lipsync.nets import to_channels_last
+from lipsync.models.device import PinnedStaging, is_oom
+
+if TYPE_CHECKING:  # torch is imported on use (GFPGANRestorer): align/paste need none
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ FFHQ_TEMPLATE_512 = np.array(
 # Mid-grey border so the network sees no hard black edge when a face is near the frame border.
 _BORDER_BGR = (132, 133, 135)
 
-DEFAULT_BATCH_SIZE = {"cuda": 8, "cpu": 1}
+# Faces per GFPGAN pass. On CUDA, 16 (not measured on a GPU yet: benchmarks/throughput.py's enhance row
+# is where to tune it); an out-of-memory error halves it.
+DEFAULT_BATCH_SIZE = {"cuda": 16, "cpu": 1}
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,12 @@ class FaceRestorer(Protocol):
 
 
 class GFPGANRestorer:
-    """GFPGAN v1.4 forward (RGB in [-1, 1]), batched, fp16 on CUDA when asked."""
+    """GFPGAN v1.4 forward (RGB in [-1, 1]), batched, fp16 on CUDA when asked.
+
+    The enhancer hands it every synced face of a render batch at once (all faces of all its frames), so
+    on CUDA the network sees ``batch_size`` faces per pass; the batch halves (and stays halved) when the
+    device runs out of memory. On CUDA, faces travel through pinned host buffers with non-blocking copies.
+    """
 
     def __init__(
         self,
@@ -132,29 +141,56 @@ class GFPGANRestorer:
         batch_size: int | None = None,
         fp16: bool = True,
     ) -> None:
+        import torch
+
+        from lipsync.nets import to_channels_last
+
         self.device = torch.device(device)
         self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 1))
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         # channels_last measured a little faster for GFPGAN too (benchmarks/nets.py); the helper converts
         # only the 4-D tensors, since the modulated-conv weights are 5-D.
         self.net = to_channels_last(net.to(self.device, dtype=self.dtype).eval())
+        self._staging = PinnedStaging() if self.device.type == "cuda" else None
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+
         out = np.empty_like(faces)
-        for start in range(0, len(faces), self.batch_size):
-            out[start : start + self.batch_size] = self._forward(faces[start : start + self.batch_size])
+        start = 0
+        while start < len(faces):
+            stop = start + self.batch_size
+            try:
+                out[start:stop] = self._forward(faces[start:stop])
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                if not is_oom(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of memory in GFPGAN; retrying with batch size %d", self.batch_size)
+                torch.cuda.empty_cache()
+                continue
+            start = stop
         return out
 
     def _forward(self, faces: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            rgb = torch.from_numpy(np.ascontiguousarray(faces[..., ::-1])).to(self.device)
-            x = rgb.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0
+            host = torch.from_numpy(np.ascontiguousarray(faces))
+            if self._staging is not None:
+                host = self._staging.upload("faces", host)
+            bgr = host.to(self.device, non_blocking=True)
+            # BGR -> RGB on the device (a flip of a tiny axis), not as a strided copy on the host.
+            x = bgr.flip(-1).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0
             # The checkpoint's fixed noise, not fresh noise per call: fresh noise makes video texture flicker.
             y = self.net(x.contiguous(memory_format=torch.channels_last), randomize_noise=False)
             if isinstance(y, (tuple, list)):  # GFPGAN returns (image, intermediate RGBs)
                 y = y[0]
             y = ((y.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-            return y.permute(0, 2, 3, 1).cpu().numpy()[..., ::-1]
+            y = y.permute(0, 2, 3, 1).flip(-1)
+            if self._staging is None:
+                return y.numpy()
+            return self._staging.download(y.contiguous())
 
 
 class FaceEnhancer:

@@ -12,11 +12,13 @@ mouth, lips). Only its ``__call__`` touches torch.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch loads with the model, not with this module (start-up stays fast)
+    import torch
+    from torch import nn
 
 #: CelebAMask-HQ classes that belong to the face (0 background, 6 glasses, 7-9 ears, 14-15 neck,
 #: 16 cloth, 17 hair and 18 hat are not where a mouth may be drawn).
@@ -35,6 +37,8 @@ class FaceParsingMasker:
     """Visible-face masks from a face-parsing network (``net(x)`` returns logits first, (N, 19, H, W))."""
 
     def __init__(self, net: nn.Module, device: torch.device | str = "cpu", *, batch_size: int = 16) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.batch_size = max(1, int(batch_size))
@@ -49,6 +53,9 @@ class FaceParsingMasker:
         return out
 
     def _forward(self, faces: np.ndarray) -> list[np.ndarray]:
+        import torch
+        from torch import nn
+
         h, w = faces.shape[1:3]
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(faces[..., ::-1])).to(self.device)  # BGR -> RGB

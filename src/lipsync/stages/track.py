@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lipsync.config import Settings
 from lipsync.errors import MediaError, NoFaceFound
-from lipsync.faces import FaceBackend, TrackingOptions, track_characters
+from lipsync.faces import FaceBackend, TrackingOptions, face_device, track_characters
 from lipsync.media import MediaInfo, MediaLimits, iter_frames, probe
 from lipsync.options import TrackOptions
 from lipsync.stages.track_cache import TrackCache, backend_fingerprint, cache_key
@@ -52,7 +52,8 @@ def run_tracking(
 ) -> list[Track]:
     """Track over the first ``num_frames`` frames (those a lip-sync plan uses, or all of them), with the
     streaming tracker; through ``cache`` when one is given (``settings`` name the face model files)."""
-    tracking = TrackingOptions.from_job(options)
+    # The tracker's defaults that depend on the device (detection stride) follow the face backend's.
+    tracking = TrackingOptions.from_job(options, face_device(backend))
     key = None
     if cache is not None:
         key = cache_key(video, list(characters), tracking, backend_fingerprint(backend, settings), num_frames)

@@ -1,0 +1,347 @@
+"""Throughput of the whole job against its parts, on the same clip, in one run (issue 10).
+
+Per clip, in one subprocess (so its peak RSS is its own), with the pipeline's own settings:
+
+* ``decode``: fps of decoding the clip (PyAV, threaded);
+* ``encode``: fps of encoding its frames at the preset and crf the pipeline resolves for the device;
+* ``forward``: fps of the Wav2Lip forward alone (BatchNorm folded, channels_last) at the pipeline's batch;
+* ``track``: fps of tracking alone (the most prominent face, the pipeline's per-device defaults);
+* ``composite``: faces/s of the Poisson paste-back at the clip's face size, OpenCV (the CPU path) and
+  the torch DST solve (``stages.poisson``; CUDA when there is one): compositing "at GPU rates";
+* ``e2e``: processing fps of the pipeline call (models already loaded), and its ratio to the slowest of
+  the parts above (1.0 = the job is as fast as its slowest part);
+* ``e2e / forward``: the issue's target is >= 0.75 on a CPU;
+* peak RSS.
+
+Clips: the real Chaplin clip (../shared/media/talking_chaplin_850x480_30fps.mp4 with the 5 s mp3) and
+synthetic 480p / 720p / 1080p talking heads (a real portrait panned, zoomed and "talking", as
+benchmarks/pipeline.py makes them) of ``--seconds`` each, with as much synthetic speech.
+
+Whole process, Chaplin only: ``lipsync run`` as a fresh process (imports, model loading and all) against the
+PEER, the original Wav2Lip ``inference.py`` in its best case (``--box`` given, hard paste), run by
+../shared/bench/peer_wav2lip.sh on the same clip, audio and checkpoint. The peer needs a git checkout of
+Rudrabha/Wav2Lip: its path is read from ``--peer-git`` or /work/notes/peer_path.txt; without one the row says
+why it was skipped. The issue's target: ours >= 2.0x the peer's fps. Start-up: wall time of
+``lipsync run --help``, and of a run until its first decoded frame.
+
+Memory: the end-to-end job on a 1-minute and a 10-minute synthetic clip (``--rss-minutes``), each in its own
+process; the target is a 10-minute peak at most 1.2x the 1-minute one.
+
+Networks use seeded random weights of the real layouts (speed does not depend on the weights); faces use the
+dlib backend (offline; buffalo_l's weights are not in the store), as the issue's measurement did.
+
+Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,480p,720p,1080p]
+        [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer]
+Writes benchmarks/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS_DIR, peak_rss_mb
+from _whole import ENV, _rate, peer, peer_git, whole_process
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CHAPLIN = SHARED / "media" / "talking_chaplin_850x480_30fps.mp4"
+CHAPLIN_AUDIO = SHARED / "media" / "speech_44k_mono_5s.mp3"
+SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
+sys.path.insert(0, str(REPO / "tests"))  # seeded checkpoint writers and clip builders live with the tests
+
+
+def _settings(spec: dict):
+    from lipsync.config import Settings
+
+    return Settings(device=spec["device"], offline=True, models_dir=Path(spec["work"]) / "models",
+                    wav2lip_checkpoint=spec["wav2lip"], face_backend="dlib")  # fmt: skip
+
+
+# --- the parts, one clip per child process ----------------------------------------------------------------
+
+
+def measure_clip(spec: dict) -> dict:
+    import torch
+
+    from lipsync.media import VideoWriter, iter_frames, probe
+    from lipsync.media.encoders import resolve_encoder
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+    from lipsync.stages.track import no_progress, run_tracking
+
+    video, audio, work = Path(spec["video"]), Path(spec["audio"]), Path(spec["work"])
+    options = LipSyncOptions(enhance="off")
+    info = probe(video)
+    n = info.num_frames
+    row: dict = {"clip": spec["clip"], "device": spec["device"], "size": f"{info.width}x{info.height}",
+                 "source_frames": n}  # fmt: skip
+
+    t = time.perf_counter()
+    cached = []
+    for i, frame in enumerate(iter_frames(video, info=info)):
+        if i < 60:
+            cached.append(frame)
+    row["decode_fps"] = _rate(n, time.perf_counter() - t)
+
+    enc = resolve_encoder(options.encoder, options.crf, options.preset, spec["device"])
+    row["encoder"] = f"{enc.codec} {enc.preset} crf {enc.crf}"
+    t = time.perf_counter()
+    with VideoWriter(work / f"enc_{spec['clip']}.mp4", info.display_width, info.display_height, info.fps,
+                     crf=enc.crf, preset=enc.preset, codec=enc.codec) as writer:  # fmt: skip
+        for i in range(n):
+            writer.write(cached[i % len(cached)])
+    row["encode_fps"] = _rate(n, time.perf_counter() - t)
+    del cached
+
+    pipe = LipSyncPipeline(_settings(spec))
+    t = time.perf_counter()
+    pipe.load_models(enhance=False)
+    row["model_load_s"] = round(time.perf_counter() - t, 2)
+    gen = pipe.get_generator()
+    batch = gen.batch_size
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (batch, 96, 96, 3), dtype=np.uint8)
+    mels = rng.standard_normal((batch, 80, 16)).astype(np.float32)
+    gen(faces, mels)  # warm-up
+    reps = spec.get("forward_batches", 3)
+    t = time.perf_counter()
+    for _ in range(reps):
+        gen(faces, mels)
+    row["forward_fps"] = _rate(reps * batch, time.perf_counter() - t)
+    row["batch"] = batch
+
+    backend = pipe.get_face_backend()
+    t = time.perf_counter()
+    tracks = run_tracking(video, info, backend, (), options, n, no_progress)
+    row["track_fps"] = _rate(n, time.perf_counter() - t)
+    row.update(composite_rates(video, info, tracks[0], options.pads_tuple, spec["device"]))
+
+    out = work / f"out_{spec['clip']}.mp4"
+    t = time.perf_counter()
+    result = pipe(LipSyncRequest(video, audio, out, options=options))
+    wall = time.perf_counter() - t
+    row["output_frames"] = result.stats.frames
+    row["e2e_fps"] = _rate(result.stats.frames, wall)
+    parts = {k: row[k] for k in ("decode_fps", "encode_fps", "forward_fps", "track_fps")}
+    slowest = min(parts, key=parts.get)
+    row["slowest_part"] = slowest.removesuffix("_fps")
+    row["e2e_over_slowest"] = round(row["e2e_fps"] / parts[slowest], 3)
+    row["e2e_over_forward"] = round(row["e2e_fps"] / row["forward_fps"], 3)
+    row["stage_seconds"] = {k: round(v, 2) for k, v in result.stats.stage_seconds.items()}
+    row["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    row["torch_threads"] = torch.get_num_threads()
+    if spec.get("box_out"):
+        Path(spec["box_out"]).write_text(json.dumps(peer_box(tracks[0], options.pads_tuple, info)))
+    return row
+
+
+def _padded_boxes(track, pads, info) -> list:
+    return [p.box.padded(pads, info.display_width, info.display_height) for p in track.points.values()]
+
+
+def peer_box(track, pads, info) -> list[int]:
+    """The peer's --box (top bottom left right): the median padded box of our track of the clip."""
+    boxes = np.array([[b.y1, b.y2, b.x1, b.x2] for b in _padded_boxes(track, pads, info)])
+    return [int(v) for v in np.median(boxes, axis=0)]
+
+
+def composite_rates(video: Path, info, track, pads, device: str) -> dict:
+    """Faces/s of the Poisson paste-back at this clip's face size: OpenCV, and the torch solve."""
+    import torch
+
+    from lipsync.media import iter_frames
+    from lipsync.stages.composite import composite_face, lower_face_mask
+    from lipsync.stages.poisson import poisson_clone
+
+    boxes = _padded_boxes(track, pads, info)
+    if not boxes:
+        return {"composite_cv2_fps": None, "composite_torch_fps": None}
+    box = boxes[len(boxes) // 2]
+    frame = next(iter(iter_frames(video, info=info)))
+    x1, y1, x2, y2 = (int(v) for v in (box.x1, box.y1, box.x2, box.y2))
+    face = np.ascontiguousarray(frame[y1:y2, x1:x2][:, ::-1])  # any other face of the right size
+    reps = 20
+    t = time.perf_counter()
+    for _ in range(reps):
+        composite_face(frame, face, box)
+    cv2_fps = _rate(reps, time.perf_counter() - t)
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    region = torch.from_numpy(np.ascontiguousarray(frame[y1:y2, x1:x2])).permute(2, 0, 1)[None].to(dev)
+    src = torch.from_numpy(face).permute(2, 0, 1)[None].to(dev)
+    mask = torch.from_numpy(lower_face_mask(y2 - y1, x2 - x1) > 0).to(dev)
+    batch = 16  # one render batch of the same face: solved as one batched product
+    src_b, region_b = src.expand(batch, -1, -1, -1), region.expand(batch, -1, -1, -1)
+    poisson_clone(src_b, region_b, mask)  # warm-up (sine bases cached)
+    t = time.perf_counter()
+    poisson_clone(src_b, region_b, mask)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {"face_px": f"{x2 - x1}x{y2 - y1}", "composite_cv2_fps": cv2_fps,
+            f"composite_torch_{dev.type}_fps": _rate(batch, time.perf_counter() - t)}  # fmt: skip
+
+
+def rss_job(spec: dict) -> dict:
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+
+    pipe = LipSyncPipeline(_settings(spec))
+    out = Path(spec["work"]) / f"rss_{spec['clip']}.mp4"
+    t = time.perf_counter()
+    result = pipe(
+        LipSyncRequest(Path(spec["video"]), Path(spec["audio"]), out, options=LipSyncOptions(enhance="off"))
+    )
+    return {"clip": spec["clip"], "frames": result.stats.frames, "wall_s": round(time.perf_counter() - t, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+
+
+def first_frame(spec: dict) -> dict:
+    """Seconds from this process's start (the parent's clock, passed in) to the first decoded frame."""
+    from lipsync.errors import JobCancelled
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "track" and done >= 1:
+            raise JobCancelled("first frame reached")
+
+    pipe = LipSyncPipeline(_settings(spec))
+    request = LipSyncRequest(Path(spec["video"]), Path(spec["audio"]), Path(spec["work"]) / "ff.mp4",
+                             options=LipSyncOptions(enhance="off"))  # fmt: skip
+    with contextlib.suppress(JobCancelled):
+        pipe(request, progress=progress)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds too: on a shared machine they say what the wall time would be on an idle one.
+    return {"first_frame_s": round(time.time() - spec["t0"], 2),
+            "first_frame_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}  # fmt: skip
+
+
+def _child(kind: str, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(spec)],
+                          capture_output=True, text=True, check=False, env=ENV)  # fmt: skip
+    if proc.returncode != 0:
+        return {"clip": spec.get("clip"), "error": " | ".join(proc.stderr.strip().splitlines()[-4:])}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def startup(spec: dict) -> dict:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from lipsync.cli import main; main()", "run", "--help"],
+                   capture_output=True, env=ENV, check=True)  # fmt: skip
+    help_s = time.perf_counter() - t
+    return {"run_help_s": round(help_s, 2), **_child("first_frame", {**spec, "t0": time.time()})}
+
+
+# --- driver -----------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 s synthetic clips, 0.1/0.5-minute RSS pair")
+    parser.add_argument("--clips", default="chaplin,480p,720p,1080p")
+    parser.add_argument("--seconds", type=float, default=None, help="length of the synthetic clips (10)")
+    parser.add_argument("--rss-minutes", default=None, help="the two lengths for the memory rows (1,10)")
+    parser.add_argument("--peer-git", default=None)
+    parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, spec = args.child
+        print(
+            json.dumps(
+                {"clip": measure_clip, "rss": rss_job, "first_frame": first_frame}[kind](json.loads(spec))
+            )
+        )
+        return
+
+    import torch
+
+    from pipeline import talking_clip
+    from pipeline_fixtures import write_random_wav2lip, write_speechlike_wav
+
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
+    rss_minutes = [float(x) for x in (args.rss_minutes or ("0.1,0.5" if args.quick else "1,10")).split(",")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report: dict = {"clips": [], "whole_process": [], "rss": []}
+    with tempfile.TemporaryDirectory(prefix="lipsync-throughput-") as tmp:
+        work = Path(tmp)
+        ckpt = str(write_random_wav2lip(work / "wav2lip_gan.pth", seed=0))
+        base = {"work": str(work), "wav2lip": ckpt, "device": device}
+        specs = []
+        for clip in args.clips.split(","):
+            if clip == "chaplin":
+                specs.append({**base, "clip": clip, "video": str(CHAPLIN), "audio": str(CHAPLIN_AUDIO),
+                              "box_out": str(work / "box.json")})  # fmt: skip
+            else:
+                w, h = SIZES[clip]
+                video = talking_clip(work / f"{clip}.mp4", seconds, w, h)
+                audio = write_speechlike_wav(work / f"{clip}.wav", seconds)
+                specs.append({**base, "clip": clip, "video": str(video), "audio": str(audio)})
+        for spec in specs:
+            print(f"clip {spec['clip']} ...", file=sys.stderr, flush=True)
+            report["clips"].append(_child("clip", spec))
+            print(json.dumps(report["clips"][-1]), file=sys.stderr, flush=True)
+        chaplin = next((s for s in specs if s["clip"] == "chaplin"), None)
+        if chaplin is not None:
+            ours = whole_process(chaplin, work / "whole_stats.json")
+            report["whole_process"].append(ours)
+            box_file = Path(chaplin["box_out"])
+            if args.no_peer:
+                theirs = {"row": "peer", "skipped": "--no-peer"}
+            elif not box_file.exists():
+                theirs = {"row": "peer", "skipped": "no box: the Chaplin clip row failed"}
+            else:
+                theirs = peer(chaplin, json.loads(box_file.read_text()), peer_git(args.peer_git))
+            report["whole_process"].append(theirs)
+            if "fps" in ours and "fps" in theirs:
+                report["ours_over_peer"] = round(ours["fps"] / theirs["fps"], 2)
+            report["startup"] = startup(chaplin)
+        for minutes in rss_minutes:
+            name = f"rss_{minutes:g}min"
+            video = talking_clip(work / f"{name}.mp4", minutes * 60, 426, 240)
+            audio = write_speechlike_wav(work / f"{name}.wav", minutes * 60)
+            report["rss"].append(
+                _child("rss", {**base, "clip": name, "video": str(video), "audio": str(audio)})
+            )
+    if len(report["rss"]) == 2 and all("peak_rss_mb" in r for r in report["rss"]):
+        report["rss_ratio"] = round(report["rss"][1]["peak_rss_mb"] / report["rss"][0]["peak_rss_mb"], 3)
+    report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+                         "quick": args.quick, "synthetic_seconds": seconds}  # fmt: skip
+    print_report(report)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / "throughput.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def print_report(report: dict) -> None:
+    cols = ["clip", "device", "size", "decode_fps", "encode_fps", "forward_fps", "batch", "track_fps",
+            "e2e_fps", "slowest_part", "e2e_over_slowest", "e2e_over_forward", "composite_cv2_fps", "peak_rss_mb"]  # fmt: skip
+    print(" | ".join(cols))
+    for row in report["clips"]:
+        print(
+            " | ".join(
+                str(row.get(c, row.get("error", "-")) if c != "clip" else row.get("clip")) for c in cols
+            )
+        )
+    for row in report["whole_process"]:
+        print(json.dumps(row))
+    for key in ("ours_over_peer", "startup", "rss", "rss_ratio"):
+        if key in report:
+            print(f"{key}: {json.dumps(report[key])}")
+
+
+if __name__ == "__main__":
+    main()
