@@ -34,8 +34,9 @@ import numpy as np
 
 from lipsync.faces.backend import FaceBackend
 from lipsync.faces.matching import CharacterRef, build_references
+from lipsync.faces.pose import angle_gap, roll_degrees
 from lipsync.faces.smoothing import edge_pad, ema_alpha, smooth_segment
-from lipsync.faces.tracking import ANONYMOUS_ID, TrackingOptions, _lerp, _Obs, _Tracker
+from lipsync.faces.tracking import ANONYMOUS_ID, ROLL_JUMP_DEG, TrackingOptions, _lerp, _Obs, _Tracker
 from lipsync.types import Box, Character, Track, TrackPoint
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,12 @@ class StreamingTracker:
             b = present.get(q)
             a = present.get(prev) if prev is not None else None
             if a is not None and b is not None and q - prev >= 2 and self.core._same_shot(prev, q):
+                # Across a rotation jump (a phone turned) nothing is blended: each frame takes the nearer
+                # observation, as the batch tracker does.
+                jump = angle_gap(roll_degrees(a.landmarks), roll_degrees(b.landmarks)) > ROLL_JUMP_DEG
                 for f in range(prev + 1, q):
-                    out.append((f, _lerp(a, b, (f - prev) / (q - prev)), True))
+                    t = (f - prev) / (q - prev)
+                    out.append((f, (a if t < 0.5 else b) if jump else _lerp(a, b, t), True))
             if b is not None:
                 out.append((q, b, False))
             prev = q
@@ -194,7 +199,7 @@ class StreamingTracker:
             run = self._runs[k]
             c = bisect.bisect_left(cuts, f)
             starts_shot = c < len(cuts) and cuts[c] == f
-            if run is not None and (f != run.last + 1 or starts_shot):
+            if run is not None and (f != run.last + 1 or starts_shot or _rotates(run, obs)):
                 self._close(k, run)
                 run = None
             if run is None:
@@ -288,6 +293,12 @@ class StreamingTracker:
             similarity, interpolated = run.meta[j]
             points[f] = TrackPoint(f, box, lms[j - run.emitted], float(similarity), interpolated)
         run.emitted = stop
+
+
+def _rotates(run: _Run, obs: _Obs) -> bool:
+    """A roll jump from the run's last point to ``obs``: a run (and its smoothing) ends there."""
+    last = run.rows.data[run.rows.n - 1, 4:].reshape(5, 2)
+    return angle_gap(roll_degrees(last), roll_degrees(obs.landmarks)) > ROLL_JUMP_DEG
 
 
 def track_characters(
