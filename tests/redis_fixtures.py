@@ -1,5 +1,5 @@
 """A real redis-server (the Debian package) on a free loopback port with its own temp directory, AOF on,
-and worker processes of the cluster (fake or real engine) for the Redis tests and benchmarks/queue.py."""
+and worker processes of the cluster (fake or real engine) for the Redis tests and benchmarks/queue_throughput.py."""
 
 from __future__ import annotations
 

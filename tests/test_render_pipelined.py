@@ -247,7 +247,7 @@ def test_cancellation_mid_run_stops_within_a_second(tmp_path, media):
 _RSS_CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
-sys.path.append({bench!r})  # after the standard library: benchmarks/queue.py must not shadow queue
+sys.path.append({bench!r})  # after the standard library, which no benchmark may shadow
 from pathlib import Path
 from _common import peak_rss_mb
 from lipsync.config import Settings

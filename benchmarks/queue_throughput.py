@@ -9,7 +9,7 @@ worker processes (`run_worker`, the code behind `lipsync worker`) on the fast fa
 * latency: one job at a time through POST /lipsync (waits for the result), end to end, and the record's
   own created->started (queue wait) time.
 
-    .venv/bin/python benchmarks/queue.py [--quick] [--jobs 100]
+    .venv/bin/python benchmarks/queue_throughput.py [--quick] [--jobs 100]
 
 Prints a table and writes benchmarks/results/queue.json.
 """
