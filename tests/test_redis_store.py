@@ -180,3 +180,19 @@ def test_bad_results_url(url: str) -> None:
     with pytest.raises(InputError) as err:
         results_store_from_url(url)
     assert err.value.field == "results_url"
+
+
+def test_recent_jobs_newest_first_filtered_and_paged(store: RedisJobStore) -> None:
+    """GET /jobs on a cluster: the same listing as the SQLite store's."""
+    ids = []
+    for _ in range(5):
+        ids.append(store.create("lipsync", {"n": 1}).id)
+        time.sleep(0.002)  # distinct creation times
+    assert [r.id for r in store.recent(3)] == ids[::-1][:3]
+    assert [r.id for r in store.recent(3, before=ids[2])] == [ids[1], ids[0]]
+    store.finish(ids[3], "cancelled")
+    assert [r.id for r in store.recent(10, status="cancelled")] == [ids[3]]
+    store.r.delete(store.key(ids[4]))  # an expired record is skipped (and dropped from the index)
+    assert store.recent(1)[0].id == ids[3]
+    with pytest.raises(JobNotFound):
+        store.recent(1, before="nope")

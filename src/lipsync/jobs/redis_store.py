@@ -165,6 +165,7 @@ class RedisJobStore:
         self.ttl_ms = int(job_ttl_s * 1000)
         self.queued_key = f"{namespace}:jobs:queued"
         self.running_key = f"{namespace}:jobs:running"
+        self.recent_key = f"{namespace}:jobs:recent"  # every job id, scored by creation time (GET /jobs)
         self.channel = f"{namespace}:events"
         self.liveness_prefix = f"{namespace}:worker:"
         self.workers_key = f"{namespace}:workers"
@@ -201,6 +202,7 @@ class RedisJobStore:
             raise QueueFull(f"the job queue is full ({max_queued} jobs waiting across the cluster); retry later")
         if done == -1:
             raise QueueUnavailable(f"a job with id {job_id} already exists")
+        self.r.zadd(self.recent_key, {job_id: float(now)})
         return self.get(job_id)
 
     def delete(self, job_id: str) -> None:
@@ -228,6 +230,33 @@ class RedisJobStore:
         if not h:
             raise JobNotFound(f"no job with id {job_id!r}", field="job_id")
         return _record(h)
+
+    def recent(self, limit: int, *, status: str | None = None, before: str | None = None) -> list[JobRecord]:
+        """Newest first, like the SQLite store's. Ids whose records expired (LIPSYNC_JOB_TTL_S) are dropped
+        from the index as they are met."""
+        top = "+inf"
+        if before is not None:
+            score = self.r.zscore(self.recent_key, before)
+            if score is None:
+                raise JobNotFound(f"no job with id {before!r} to list from", field="before")
+            top = f"({score!r}"
+        out: list[JobRecord] = []
+        while len(out) < limit:
+            ids = self.r.zrevrangebyscore(self.recent_key, top, "-inf", start=0, num=max(limit, 50), withscores=True)
+            if not ids:
+                break
+            for job_id, score in ids:
+                top = f"({score!r}"
+                try:
+                    record = self.get(job_id)
+                except JobNotFound:
+                    self.r.zrem(self.recent_key, job_id)
+                    continue
+                if status is None or record.status == status:
+                    out.append(record)
+                    if len(out) == limit:
+                        break
+        return out
 
     def count(self, status: str) -> int:
         if status == "queued":
