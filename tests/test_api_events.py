@@ -69,6 +69,8 @@ def test_events_arrive_in_order_and_end_with_the_final_state(server, media):
     assert [order.index(p["status"]) for p in progress] == sorted(order.index(p["status"]) for p in progress)
     done = [p["done"] for p in progress if p["stage"] == "lipsync"]
     assert done == sorted(done) and len(set(done)) >= 3, progress
+    # Every stage so far travels with each event, so a stage shorter than a poll is not lost.
+    assert {"download", "lipsync"} <= set(progress[-1]["progress"]), progress[-1]
 
 
 def test_events_need_auth_and_a_known_job(server):

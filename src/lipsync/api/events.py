@@ -47,6 +47,8 @@ def _snapshot(record: JobRecord) -> dict[str, Any]:
         "done": progress.done if progress else 0,
         "total": progress.total if progress else 0,
         "attempts": record.attempts,
+        # Every stage so far: a stage shorter than a poll (a quick download) is still reported.
+        "progress": {k: {"done": v.done, "total": v.total} for k, v in record.progress.items()},
     }
 
 

@@ -300,7 +300,8 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
         response_class=JSONResponse,
     )
     async def job_events_stream(request: Request, job_id: str):
-        """`event: progress` with `{status, stage, done, total, attempts}` whenever the job changes, then
+        """`event: progress` with `{status, stage, done, total, attempts, progress}` (every stage so far)
+        whenever the job changes, then
         one `event: end` with the job's JSON (as GET /jobs/{id}); the stream closes when the job ends."""
         state = request.app.state.lipsync
         await run_in_threadpool(state.store.get, job_id)  # 404 now, not inside the stream

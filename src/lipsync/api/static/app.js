@@ -289,14 +289,19 @@ function stageBar(stage) {
   return row;
 }
 
+function showStage(stage, done, total) {
+  const row = stageBar(stage);
+  const bar = row.querySelector("progress");
+  bar.max = Math.max(1, total);
+  bar.value = done;
+  row.querySelector(".stage-text").textContent = `${done} / ${total}`;
+}
+
 function onProgress(event) {
   $("job-status").textContent = `${event.status}${event.stage ? `: ${event.stage}` : ""}`;
-  if (!event.stage) return;
-  const row = stageBar(event.stage);
-  const bar = row.querySelector("progress");
-  bar.max = Math.max(1, event.total);
-  bar.value = event.done;
-  row.querySelector(".stage-text").textContent = `${event.done} / ${event.total}`;
+  // Every stage so far (one shorter than the server's poll still shows), then the current one.
+  for (const [stage, p] of Object.entries(event.progress || {})) showStage(stage, p.done, p.total);
+  if (event.stage) showStage(event.stage, event.done, event.total);
 }
 
 async function readEvents(jobId, onEvent) {
