@@ -22,6 +22,7 @@ from typing import Any
 
 from lipsync.errors import JobCancelled, LipSyncError
 from lipsync.jobs.models import JobFailure, JobRecord
+from lipsync.jobs.queue import notify_listeners
 from lipsync.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -252,8 +253,4 @@ class JobRunner:
             self._notify(final)
 
     def _notify(self, record: JobRecord) -> None:
-        for fn in list(self._listeners):
-            try:
-                fn(record)
-            except Exception:
-                log.exception("job listener failed for %s", record.id)
+        notify_listeners(self._listeners, record)

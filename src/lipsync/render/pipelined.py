@@ -23,12 +23,10 @@ from pathlib import Path
 
 from lipsync.faces import StreamingTracker
 from lipsync.faces.tracking import ANONYMOUS_ID
-from lipsync.media import VideoWriter
-from lipsync.media.encoders import resolve_encoder
 from lipsync.options import LipSyncOptions
 from lipsync.render.engine import FrameBudget, RunState, Stage, run_stages
 from lipsync.render.job import RenderJob
-from lipsync.render.serial import FRAME_BUFFER_BYTES, open_audio
+from lipsync.render.serial import FRAME_BUFFER_BYTES, open_writer, partial_path
 from lipsync.render.stages import (
     Batch,
     LeaderTrack,
@@ -90,7 +88,6 @@ def render_pipelined(
     output = Path(output)
     num_out = len(job.plan)
     chunk = chunk_frames(job, batch)
-    width, height = job.info.display_width, job.info.display_height
     state = RunState()
     budget = FrameBudget(state, PIPELINE_FRAME_BYTES)
     views = tracking.views()
@@ -107,18 +104,10 @@ def render_pipelined(
         stages.append(Stage("enhance", enhance_stage(enhancer, timer, stats), BATCH_DEPTH))
 
     progress = _Progress(report, tracking.tracker, job.needed, num_out, enhancing=enhancer is not None)
-    # Written under a temporary name and renamed at the end: a failed run leaves no half-written output.
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    partial = partial_path(output)
     try:
         with contextlib.ExitStack() as stack:
-            # Entered before the writer, so the stack closes it after the writer (whose close reads the
-            # rest of the audio it needs), on success and on error alike.
-            audio = stack.enter_context(open_audio(job.audio, job.out_rate, job.audio_offset))
-            enc = resolve_encoder(options.encoder, options.crf, options.preset, stats.device)
-            writer = VideoWriter(
-                partial, width, height, job.fps, crf=enc.crf, preset=enc.preset, codec=enc.codec, audio=audio,
-            )  # fmt: skip
-            stack.enter_context(writer)
+            writer = open_writer(stack, job, options, partial, stats.device)
 
             def encode(batches: Iterator[Batch]) -> None:
                 for item in batches:

@@ -51,20 +51,12 @@ def render(
     num_out = len(job.plan)
     width, height = job.info.display_width, job.info.display_height
     chunk = max(1, min(batch, FRAME_BUFFER_BYTES // max(1, width * height * 3)))
-    # Written under a temporary name and renamed at the end: a failed run leaves no half-written output.
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    partial = partial_path(output)
     encoder: BackgroundEncoder | None = None
     try:
         with contextlib.ExitStack() as stack:
             get_frame = frame_source(job.video, job.info, stack)
-            # Entered before the writer, so the stack closes it after the writer (whose close reads
-            # the rest of the audio it needs), on success and on error alike.
-            audio = stack.enter_context(open_audio(job.audio, job.out_rate, job.audio_offset))
-            enc = resolve_encoder(options.encoder, options.crf, options.preset, stats.device)
-            writer = VideoWriter(
-                partial, width, height, job.fps, crf=enc.crf, preset=enc.preset, codec=enc.codec, audio=audio,
-            )  # fmt: skip
-            stack.enter_context(writer)
+            writer = open_writer(stack, job, options, partial, stats.device)
             encoder = BackgroundEncoder(writer)
             stack.callback(encoder.stop)  # on error: stop the worker before the writer is closed
             # Compositing is OpenCV work that releases the GIL: frames of a batch run in parallel.
@@ -100,6 +92,26 @@ def render(
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     report("encode", 1, 1)
+
+
+def open_writer(
+    stack: contextlib.ExitStack, job: RenderJob, options: LipSyncOptions, partial: Path, device: str
+) -> VideoWriter:
+    """The output writer of a render, entered on ``stack``, with the job's sound streamed into it and the
+    encoder the options resolve for ``device``. The sound is entered first, so the stack closes it after
+    the writer (whose close reads the rest of the audio it needs), on success and on error alike."""
+    audio = stack.enter_context(open_audio(job.audio, job.out_rate, job.audio_offset))
+    enc = resolve_encoder(options.encoder, options.crf, options.preset, device)
+    width, height = job.info.display_width, job.info.display_height
+    writer = VideoWriter(
+        partial, width, height, job.fps, crf=enc.crf, preset=enc.preset, codec=enc.codec, audio=audio,
+    )  # fmt: skip
+    return stack.enter_context(writer)
+
+
+def partial_path(output: Path) -> Path:
+    """Where a render writes before the rename: a failed run leaves no half-written output."""
+    return output.with_name(f".{output.stem}.partial{output.suffix}")
 
 
 def open_audio(
