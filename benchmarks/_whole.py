@@ -21,23 +21,34 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 2) if seconds > 0 else float("inf")
 
 
-def whole_process(spec: dict, stats: Path) -> dict:
+def whole_process(spec: dict, stats: Path, cache: Path | None = None) -> dict:
+    """``lipsync run`` as a fresh process; ``cache``: the tracking cache's folder (None: the cache off)."""
     cmd = [sys.executable, "-c", "from lipsync.cli import main; main()", "run", "--video", spec["video"],
            "--audio", spec["audio"], "--out", str(Path(spec["work"]) / "whole.mp4"), "--no-enhance",
            "--no-progress", "--device", spec["device"], "--stats", str(stats)]  # fmt: skip
-    env = {**ENV, "LIPSYNC_OFFLINE": "1", "LIPSYNC_FACE_BACKEND": "dlib", "LIPSYNC_WAV2LIP_CHECKPOINT": spec["wav2lip"],
+    env = {**ENV, "LIPSYNC_OFFLINE": "1", "LIPSYNC_FACE_BACKEND": spec["faces"], "LIPSYNC_WAV2LIP_CHECKPOINT": spec["wav2lip"],
            "LIPSYNC_MODELS_DIR": str(Path(spec["work"]) / "models")}  # fmt: skip
+    if spec["faces"] == "insightface":
+        env.update(LIPSYNC_DET_MODEL=spec["det_model"], LIPSYNC_REC_MODEL=spec["rec_model"])
+    if cache is None:
+        env["LIPSYNC_TRACK_CACHE"] = "false"
+    else:
+        env.update(LIPSYNC_TRACK_CACHE="true", LIPSYNC_TRACK_CACHE_DIR=str(cache))
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         return {"row": "lipsync run", "error": proc.stderr.strip().splitlines()[-1:]}
-    frames = json.loads(stats.read_text())["frames"]
+    data = json.loads(stats.read_text())
+    frames = data["frames"]
+    hit = data["stage_seconds"].get("track", 0.0) == 0.0
+    kind = "tracking cache off" if cache is None else ("cache hit" if hit else "cache filled")
     return {
-        "row": "lipsync run (whole process)",
+        "row": f"lipsync run (whole process, {spec['faces']}, {kind})",
         "frames": frames,
         "wall_s": round(wall, 2),
         "fps": _rate(frames, wall),
+        "stage_seconds": {k: round(v, 2) for k, v in data["stage_seconds"].items()},
     }
 
 

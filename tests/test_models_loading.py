@@ -317,3 +317,34 @@ def test_channels_last_on_gfpgan_keeps_5d_weights_and_converts_4d():
     four_d = [p for p in net.parameters() if p.dim() == 4]
     assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
     assert any(p.dim() == 5 for p in net.parameters())
+
+
+def test_build_and_load_on_meta_gives_the_file_weights_and_still_checks_the_layout(tmp_path: Path):
+    from lipsync.models.loading import build_and_load
+
+    path = tmp_path / "tiny.pth"
+    source = _seeded(Tiny, seed=3)
+    torch.save({"state_dict": source.state_dict()}, path)
+    module = build_and_load(Tiny, path).eval()
+    assert not any(t.is_meta for t in [*module.parameters(), *module.buffers()])
+    for (name, a), (_, b) in zip(source.state_dict().items(), module.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(module(x), source(x))
+    torch.save({"state_dict": {k: v for k, v in source.state_dict().items() if "bias" not in k}}, path)
+    with pytest.raises(CheckpointLayoutError, match="missing"):
+        build_and_load(Tiny, path)
+
+
+def test_build_and_load_builds_normally_when_the_file_leaves_a_tensor_unfilled(tmp_path: Path):
+    from lipsync.models.loading import build_and_load
+
+    class WithTable(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("table", torch.arange(4.0), persistent=False)  # not in any file
+
+    path = tmp_path / "t.pth"
+    torch.save({"state_dict": _seeded(Tiny).state_dict()}, path)
+    module = build_and_load(WithTable, path)
+    assert not module.table.is_meta and torch.equal(module.table, torch.arange(4.0))

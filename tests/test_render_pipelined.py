@@ -70,7 +70,9 @@ def serial_reference(video, audio, out, generator, characters, options) -> list[
     backend = ColorFaceBackend()
     frames = itertools.islice(iter_frames(video, info=job.info), job.needed)
     refs = build_references(backend, list(characters))
-    tracks = track_characters_batch(frames, backend, options=TrackingOptions.from_job(options), references=refs)
+    tracks = track_characters_batch(
+        frames, backend, options=TrackingOptions.from_job(options), references=refs
+    )
     stats = PipelineStats()
     for t in tracks:
         stats.characters[t.character_id] = CharacterStats(t.character_id, t.name)
@@ -96,11 +98,17 @@ def pipelined(video, audio, out, generator, characters, options, backend=None, p
 def test_pipelined_output_equals_the_serial_output(tmp_path, media, audio, loop_mode, chars, batch):
     characters = [Character(c, c.title(), (media[f"{c}_ref"],)) for c in chars]
     options = _options(loop_mode=loop_mode, wav2lip_batch_size=batch)
-    ref = serial_reference(media["two"], media[audio], tmp_path / "serial.mp4", MouthMarkGenerator(), characters, options)
-    result = pipelined(media["two"], media[audio], tmp_path / "piped.mp4", MouthMarkGenerator(), characters, options)
+    ref = serial_reference(
+        media["two"], media[audio], tmp_path / "serial.mp4", MouthMarkGenerator(), characters, options
+    )
+    result = pipelined(
+        media["two"], media[audio], tmp_path / "piped.mp4", MouthMarkGenerator(), characters, options
+    )
     out = decode_frames(result.output)
     assert len(out) == len(ref) == result.stats.frames
-    worst = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True))
+    worst = max(
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)
+    )
     assert worst <= 1, f"pipelined differs from serial by {worst} grey levels"
     assert result.stats.faces_synced > 0
 
@@ -110,7 +118,9 @@ def test_leading_face_changing_midway_renders_again_like_the_batch_tracker(tmp_p
     # rendering the first frames the small face leads; at the end the big one is the most prominent.
     small = FaceSpec("red", lambda i: Box(20, 20, 70, 80))
     big = FaceSpec("blue", lambda i: Box(120, 30, 230, 170) if i >= 20 else None)
-    video = write_synthetic_video(tmp_path / "swap.mp4", [small, big], width=W, height=H, fps=FPS, seconds=3.0)
+    video = write_synthetic_video(
+        tmp_path / "swap.mp4", [small, big], width=W, height=H, fps=FPS, seconds=3.0
+    )
     audio = write_speechlike_wav(tmp_path / "a3.wav", 3.0)
     options = _options(loop_mode="none", wav2lip_batch_size=4)
     ref = serial_reference(video, audio, tmp_path / "serial.mp4", MouthMarkGenerator(), [], options)
@@ -120,7 +130,10 @@ def test_leading_face_changing_midway_renders_again_like_the_batch_tracker(tmp_p
     assert all(p.box.iou(Box(120, 30, 230, 170)) > 0.7 for p in result.tracks[0].points.values())
     assert result.stats.characters["face"].frames_synced == 55  # frames 20..74: the big face only
     out = decode_frames(result.output)
-    assert max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)) <= 1
+    assert (
+        max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True))
+        <= 1
+    )
 
 
 # --- errors and cancellation ----------------------------------------------------------------------------
@@ -236,7 +249,15 @@ def test_cancellation_mid_run_stops_within_a_second(tmp_path, media):
 
     before = _lipsync_threads()
     with pytest.raises(JobCancelled):
-        pipelined(media["two"], media["audio_5s"], tmp_path / "o.mp4", SlowGenerator(2), [], _options(wav2lip_batch_size=2), progress=progress)
+        pipelined(
+            media["two"],
+            media["audio_5s"],
+            tmp_path / "o.mp4",
+            SlowGenerator(2),
+            [],
+            _options(wav2lip_batch_size=2),
+            progress=progress,
+        )
     assert asked and time.monotonic() - asked[0] < 1.0
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*partial*"))
     assert _lipsync_threads() == before
@@ -262,7 +283,9 @@ print(result.stats.frames, peak_rss_mb())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mode", "video_s", "audio_s"), [("none", (3, 30), (3, 30)), ("crossfade", (3, 3), (5, 50))])
+@pytest.mark.parametrize(
+    ("mode", "video_s", "audio_s"), [("none", (3, 30), (3, 30)), ("crossfade", (3, 3), (5, 50))]
+)
 def test_peak_rss_is_flat_in_the_length_of_the_render(tmp_path, mode, video_s, audio_s):
     """A long synthetic clip (or a long loop of a short one) with a tiny generator double: the pipelined
     render's peak RSS does not follow the number of frames (10x here). Both loop cases loop, so both open
@@ -287,3 +310,110 @@ def test_peak_rss_is_flat_in_the_length_of_the_render(tmp_path, mode, video_s, a
     short, long_ = sorted(peaks)
     assert long_ >= 9 * short
     assert peaks[long_] <= 1.15 * peaks[short], peaks
+
+
+# --- Wav2Lip forwards side by side (generation_plan) -----------------------------------------------------
+
+
+class _CpuMouthMark(MouthMarkGenerator):
+    """The mouth-mark double claiming a CPU device, so the render runs it as side-by-side forwards; each
+    call sleeps a random while, so parts finish out of order."""
+
+    device = type("Device", (), {"type": "cpu"})()
+
+    def __init__(self, batch_size: int = 8, seed: int = 0) -> None:
+        super().__init__(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.threads: set[str] = set()
+
+    def __call__(self, faces, mels):
+        self.threads.add(threading.current_thread().name)
+        time.sleep(float(self.rng.uniform(0.0, 0.03)))
+        return super().__call__(faces, mels)
+
+
+def test_generation_plan_splits_cpu_forwards_only():
+    from lipsync.stages.lipsync import generation_plan
+
+    cpu = _CpuMouthMark()
+    assert generation_plan(cpu, cores=2) == (2, 1)
+    assert generation_plan(cpu, cores=16) == (2, 8)
+    assert generation_plan(cpu, cores=1) == (1, 1)
+    assert generation_plan(MouthMarkGenerator(), cores=8) == (1, None)  # no device: a test double
+    cuda = _CpuMouthMark()
+    cuda.device = type("Device", (), {"type": "cuda"})()
+    assert generation_plan(cuda, cores=8) == (1, None)
+    ort = _CpuMouthMark()
+    ort._ort = object()  # onnxruntime sizes its own threads
+    assert generation_plan(ort, cores=8) == (1, None)
+
+
+@pytest.mark.parametrize(("chars", "batch"), [(("red", "blue"), 8), ((), 5)])
+def test_side_by_side_forwards_give_the_serial_output_in_order(tmp_path, media, monkeypatch, chars, batch):
+    import lipsync.render.pipelined as pipelined_mod
+
+    monkeypatch.setattr(pipelined_mod, "generation_plan", lambda g: (2, None))  # whatever the machine
+    characters = [Character(c, c.title(), (media[f"{c}_ref"],)) for c in chars]
+    options = _options(loop_mode="crossfade", wav2lip_batch_size=batch)
+    ref = serial_reference(
+        media["two"], media["audio_5s"], tmp_path / "s.mp4", MouthMarkGenerator(), characters, options
+    )
+    generator = _CpuMouthMark(batch)
+    result = pipelined(media["two"], media["audio_5s"], tmp_path / "p.mp4", generator, characters, options)
+    out = decode_frames(result.output)
+    assert len(out) == len(ref)
+    worst = max(
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)
+    )
+    assert worst <= 1, f"side-by-side forwards differ from serial by {worst} grey levels"
+    assert {t.rsplit("_", 1)[0] for t in generator.threads} == {"lipsync-generate-worker"}
+    assert len(generator.threads) == 2
+    assert max(shape[0] for shape, _ in generator.calls) <= batch
+
+
+def test_an_error_in_a_side_by_side_forward_surfaces_typed_with_no_thread_left(tmp_path, media, monkeypatch):
+    import lipsync.render.pipelined as pipelined_mod
+
+    class Failing(_CpuMouthMark):
+        def __call__(self, faces, mels):
+            if len(self.calls) >= 3:
+                raise ModelError("Wav2Lip failed")
+            return super().__call__(faces, mels)
+
+    monkeypatch.setattr(pipelined_mod, "generation_plan", lambda g: (2, None))
+    before = _lipsync_threads()
+    with pytest.raises(ModelError):
+        pipelined(
+            media["two"],
+            media["audio_5s"],
+            tmp_path / "o.mp4",
+            Failing(8),
+            [],
+            _options(wav2lip_batch_size=8),
+        )
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+    assert _lipsync_threads() == before
+
+
+def test_the_real_cpu_generator_side_by_side_matches_the_serial_render(tmp_path, media):
+    """Seeded random Wav2Lip of the real layout, folded, on this CPU: two single-threaded forwards per
+    batch against the serial renderer's one forward with all threads (float order may differ by a level)."""
+    import torch
+
+    from lipsync.models import load_network
+    from lipsync.stages.lipsync import Wav2LipGenerator, generation_plan
+    from pipeline_fixtures import write_random_wav2lip
+
+    ckpt = write_random_wav2lip(tmp_path / "w.pth", seed=1)
+    generator = Wav2LipGenerator(load_network("wav2lip_gan", ckpt, device="cpu"), "cpu", batch_size=8)
+    assert generation_plan(generator, cores=2) == (2, 1)
+    options = _options(loop_mode="none", wav2lip_batch_size=8)
+    threads = torch.get_num_threads()
+    ref = serial_reference(media["two"], media["audio_2s"], tmp_path / "s.mp4", generator, [], options)
+    result = pipelined(media["two"], media["audio_2s"], tmp_path / "p.mp4", generator, [], options)
+    assert torch.get_num_threads() == threads  # the render gives torch its thread count back
+    out = decode_frames(result.output)
+    worst = max(
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)
+    )
+    assert len(out) == len(ref) and worst <= 1, worst

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from lipsync.config import Settings
 
 log = logging.getLogger(__name__)
+
+CPU_SESSION_THREADS = 1  # onnxruntime threads per face-model session on a CPU (see create_session)
 
 
 @runtime_checkable
@@ -56,7 +59,7 @@ class InsightFaceBackend:
     name = "insightface"
     default_threshold = INSIGHTFACE_DEFAULT_THRESHOLD
 
-    def __init__(self, detector: SCRFDDetector, recognizer: ArcFaceRecognizer) -> None:
+    def __init__(self, detector: SCRFDDetector, recognizer: ArcFaceRecognizer | LazyRecognizer) -> None:
         self.detector = detector
         self.recognizer = recognizer
 
@@ -105,10 +108,18 @@ def create_session(path: Path, device: str = "auto"):
     path = Path(path)
     if not path.is_file():
         raise ModelNotAvailable(f"face model file not found: {path}")
+    providers = onnx_providers(device)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # CUDA provider fallbacks are reported by us, not as noise
+    if providers[0] == "CPUExecutionProvider":
+        # Face models run beside the render's other stages: onnxruntime's own pool of spinning threads
+        # took the cores Wav2Lip needed (measured on 2 cores: the tracker's CPU time doubled and the
+        # generator's with it). One thread that sleeps when idle; the pipeline is the parallelism.
+        options.intra_op_num_threads = CPU_SESSION_THREADS
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=onnx_providers(device))
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
         raise ModelError(f"cannot load face model {path}: {exc}") from exc
 
@@ -143,5 +154,33 @@ def create_face_backend(settings: Settings, store=None) -> FaceBackend:
     det_size = getattr(settings, "det_size", None) or default_input_size(det_session.get_providers())
     detector = SCRFDDetector(det_session, input_size=det_size)
     log.info("SCRFD detector input %dx%d", detector.input_width, detector.input_height)
-    recognizer = ArcFaceRecognizer(create_session(rec_path, device))
-    return InsightFaceBackend(detector, recognizer)
+    if not Path(rec_path).is_file():  # missing files are reported now, not at the first embedding
+        raise ModelNotAvailable(f"face model file not found: {rec_path}")
+    return InsightFaceBackend(detector, LazyRecognizer(rec_path, device))
+
+
+class LazyRecognizer:
+    """The ArcFace recognizer, loaded on its first embedding: without characters a steady shot needs
+    none (lipsync.faces.tracking), and the 166 MB session costs about half a second to create."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        self.path, self.device = Path(path), device
+        self._recognizer: ArcFaceRecognizer | None = None
+        self._lock = threading.Lock()  # the tracker and a reference-image request may race to load
+
+    @property
+    def loaded(self) -> bool:
+        return self._recognizer is not None
+
+    def get(self) -> ArcFaceRecognizer:
+        with self._lock:
+            if self._recognizer is None:
+                self._recognizer = ArcFaceRecognizer(create_session(self.path, self.device))
+                log.info("face recognizer loaded from %s", self.path)
+            return self._recognizer
+
+    def embed(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray:
+        return self.get().embed(frame_bgr, face)
+
+    def embed_many(self, frame_bgr: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
+        return self.get().embed_many(frame_bgr, faces)

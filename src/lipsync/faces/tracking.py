@@ -23,9 +23,12 @@ How a video is processed (one pass over ``frames``, which may be a generator of 
 6. Each track is smoothed by a zero-phase forward-backward EMA (``temporal_smoothing``) per run of
    consecutive frames within one shot and one orientation, so it damps jitter without lagging.
 
-With no characters, every face gets an anonymous identity (its own embedding, IoU continuity) and the
-most prominent one (largest summed box area over its frames: big and present often) is returned with
-id and name "face".
+With no characters, every face gets an anonymous identity and the most prominent one (largest summed box
+area over its frames: big and present often) is returned with id and name "face". A face is followed by
+box continuity (IoU at least ``continuity_iou`` with its box at the previous sample of the shot); only a
+face that continuity cannot place (after a cut, on appearing) is embedded and compared with the faces not
+seen at this sample, and an identity's own embedding is taken, from a crop kept for it, only when
+something is compared with it (:mod:`lipsync.faces.snapshot`). A steady shot runs no recognition at all.
 
 Memory: the buffer (at most ``sample_every - 1`` frames), the observations at sampled frames, and the
 output itself (about 0.5 KB per tracked frame per character, ~1 MB per character per minute at 30 fps);
@@ -47,66 +50,18 @@ from lipsync.faces.matching import CharacterRef, build_references, match_faces
 from lipsync.faces.pose import angle_gap, roll_degrees
 from lipsync.faces.shots import ShotChangeDetector
 from lipsync.faces.smoothing import contiguous_runs, smooth_segment
-from lipsync.options import SAMPLE_EVERY_BY_DEVICE, TrackOptions, resolve_sample_every
+from lipsync.faces.snapshot import FaceSnapshot
+from lipsync.faces.tracking_options import TrackingOptions
 from lipsync.types import Box, Character, Face, Pads, Track, TrackPoint
+
+__all__ = ["ANONYMOUS_ID", "TrackingOptions", "pad_track", "track_characters_batch"]
 
 log = logging.getLogger(__name__)
 
-# The job settings this tracker takes; their defaults and ranges are declared once, in lipsync.options.
-_JOB = TrackOptions()
-_JOB_KNOBS = ("similarity_threshold", "temporal_smoothing", "sample_every", "shot_change_threshold",
-              "detect_angles")  # fmt: skip
 #: A roll change over this between observations is a rotation jump: no interpolation or smoothing across.
 ROLL_JUMP_DEG = 30.0
 
 ANONYMOUS_ID = "face"
-
-
-@dataclass(frozen=True)
-class TrackingOptions:
-    """Knobs of :func:`track_characters`. The user-facing ones are job settings declared in
-    :mod:`lipsync.options` (their defaults are read from there; build from a job's settings with
-    :meth:`from_job`); the rest are internal tuning. ``pads`` are carried for the pipeline (see
-    :func:`pad_track`); tracks themselves hold unpadded face boxes."""
-
-    similarity_threshold: float = _JOB.similarity_threshold
-    temporal_smoothing: float = _JOB.temporal_smoothing
-    sample_every: int = SAMPLE_EVERY_BY_DEVICE["cuda"]  # the job's default is per device: from_job
-    pads: Pads = _JOB.pads_tuple
-    # Bhattacharyya distance between consecutive thumbnails' HSV histograms above which a cut is declared.
-    # Measured on the shared talking-head clips: <= 0.06 within a shot, >= 0.8 across clips. A missed cut
-    # costs wrong boxes for up to sample_every frames, a false one a single extra detection: err low.
-    shot_change_threshold: float = _JOB.shot_change_threshold
-    detect_angles: str = _JOB.detect_angles
-    refine_transitions: bool = True
-    continuity_iou: float = 0.5
-    continuity_margin: float = 0.1
-    iou_bonus: float = 0.1
-    # Frames kept between samples for the appear/disappear search; with a larger sample_every only every
-    # k-th frame is kept (the boundary is then found to within k frames, erring towards "absent").
-    max_buffered_frames: int = 64
-
-    @classmethod
-    def from_job(cls, job: TrackOptions, device: str | None = None, **internal: object) -> TrackingOptions:
-        """The tracker's knobs for a job's validated settings (plus any internal overrides); ``device``
-        is the face backend's (``face_device``), which an unset ``sample_every`` depends on."""
-        shared = {name: getattr(job, name) for name in _JOB_KNOBS}
-        shared["sample_every"] = resolve_sample_every(job.sample_every, device)
-        return cls(**{**shared, "pads": job.pads_tuple, **internal})  # type: ignore[arg-type]
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.similarity_threshold <= 1.0:
-            raise ValueError(f"similarity_threshold must be within [0, 1], got {self.similarity_threshold}")
-        if not 0.0 <= self.temporal_smoothing <= 1.0:
-            raise ValueError(f"temporal_smoothing must be within [0, 1], got {self.temporal_smoothing}")
-        if int(self.sample_every) < 1:
-            raise ValueError(f"sample_every must be >= 1, got {self.sample_every}")
-        if len(self.pads) != 4:
-            raise ValueError("pads must be (top, bottom, left, right)")
-        if not 0.0 < self.shot_change_threshold <= 1.0:
-            raise ValueError("shot_change_threshold must be within (0, 1]")
-        if self.max_buffered_frames < 1:
-            raise ValueError("max_buffered_frames must be >= 1")
 
 
 # --- tracking ----------------------------------------------------------------------------------------
@@ -127,8 +82,9 @@ class _Identity:
 
     id: str
     name: str
-    embedding: np.ndarray
+    embedding: np.ndarray | None  # None until first needed (anonymous faces: see ``snapshot``)
     anonymous: bool = False
+    snapshot: FaceSnapshot | None = None  # what the deferred embedding is taken from
     count: int = 1
     area: float = 0.0  # summed box area at regular samples: prominence without characters
     present: dict[int, _Obs] = field(default_factory=dict)
@@ -137,8 +93,8 @@ class _Identity:
 
 @dataclass
 class _Analysis:
-    matched: dict[int, tuple[_Obs, np.ndarray]]  # identity index -> observation, embedding
-    unmatched: list[tuple[Face, np.ndarray]]
+    matched: dict[int, tuple[_Obs, np.ndarray | None]]  # identity index -> observation, embedding
+    unmatched: list[tuple[Face, np.ndarray | None]]  # None: not embedded (nothing to compare it with)
 
 
 class _Tracker:
@@ -198,9 +154,9 @@ class _Tracker:
         faces = self.detector.detect(frame)
         if not faces:
             return _Analysis({}, [])
+        if self.anonymous:
+            return self._analyse_anonymous(index, frame, faces)
         embs = embed_faces(self.backend, frame, faces)
-        if not self.identities:
-            return _Analysis({}, list(zip(faces, embs, strict=True)))
         sims = similarity_matrix(self.backend, embs, [ident.embedding for ident in self.identities])
         ious = np.zeros_like(sims)
         prev = self.last_sample
@@ -225,13 +181,50 @@ class _Tracker:
         unmatched = [(faces[f], embs[f]) for f in range(len(faces)) if f not in used]
         return _Analysis(matched, unmatched)
 
+    def _analyse_anonymous(self, index: int, frame: np.ndarray, faces: list[Face]) -> _Analysis:
+        """Continuity first (IoU with the previous sample of the shot), recognition only for the rest."""
+        matched: dict[int, tuple[_Obs, np.ndarray | None]] = {}
+        rest = list(range(len(faces)))
+        prev = self.last_sample
+        if prev is not None and prev < index and self._same_shot(prev, index):
+            seen = [k for k, ident in enumerate(self.identities) if prev in ident.present]
+            ious = np.array(
+                [[face.box.iou(self.identities[k].present[prev].box) for k in seen] for face in faces]
+            )
+            for m in match_faces(ious.reshape(len(faces), len(seen)), self.options.continuity_iou):
+                face = faces[m.face]
+                matched[seen[m.character]] = (
+                    _Obs(face.box, np.asarray(face.landmarks, np.float32), 1.0),
+                    None,
+                )
+                rest.remove(m.face)
+        others = [k for k in range(len(self.identities)) if k not in matched]
+        if not rest or not others:
+            return _Analysis(matched, [(faces[f], None) for f in rest])
+        embs = embed_faces(self.backend, frame, [faces[f] for f in rest])
+        sims = similarity_matrix(self.backend, embs, [self._embedding(self.identities[k]) for k in others])
+        placed = set()
+        for m in match_faces(sims, self.options.similarity_threshold):
+            face = faces[rest[m.face]]
+            matched[others[m.character]] = (_Obs(face.box, np.asarray(face.landmarks, np.float32), m.similarity),
+                                            embs[m.face])  # fmt: skip
+            placed.add(m.face)
+        return _Analysis(matched, [(faces[f], embs[j]) for j, f in enumerate(rest) if j not in placed])
+
+    def _embedding(self, ident: _Identity) -> np.ndarray:
+        if ident.embedding is None:
+            assert ident.snapshot is not None
+            ident.embedding = ident.snapshot.embed(self.backend)
+            ident.snapshot = None
+        return ident.embedding
+
     def _sample(self, index: int, frame: np.ndarray) -> None:
         analysis = self._analyse(index, frame)
         if self.anonymous:
             for face, emb in analysis.unmatched:
-                self.identities.append(
-                    _Identity(f"{ANONYMOUS_ID}{len(self.identities)}", ANONYMOUS_ID, emb, anonymous=True)
-                )
+                snapshot = FaceSnapshot.take(frame, face) if emb is None else None
+                name = f"{ANONYMOUS_ID}{len(self.identities)}"
+                self.identities.append(_Identity(name, ANONYMOUS_ID, emb, anonymous=True, snapshot=snapshot))
                 analysis.matched[len(self.identities) - 1] = (
                     _Obs(face.box, np.asarray(face.landmarks, np.float32), 1.0),
                     emb,
@@ -243,10 +236,10 @@ class _Tracker:
             ident.present[index] = obs
             self.new_probes.append((k, index))
             ident.area += obs.box.area
-            if ident.anonymous:
-                # Running mean of the anonymous identity, so it follows slow appearance changes.
+            if ident.anonymous and emb is not None:
+                # Running mean of the anonymous identity's embeddings, so it follows slow appearance changes.
                 ident.count += 1
-                mean = ident.embedding * (ident.count - 1) + emb
+                mean = self._embedding(ident) * (ident.count - 1) + emb
                 ident.embedding = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         if (
             self.options.refine_transitions

@@ -9,6 +9,7 @@ arbitrary code is refused instead of executed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import re
@@ -141,15 +142,34 @@ def check_layout(
     )
 
 
-def load_into(module: nn.Module, path: str | Path) -> nn.Module:
-    """Load the weights in ``path`` into ``module`` strictly (layout checked first). Returns ``module``."""
+def load_into(module: nn.Module, path: str | Path, *, assign: bool = False) -> nn.Module:
+    """Load the weights in ``path`` into ``module`` strictly (layout checked first). Returns ``module``.
+    ``assign``: the file's tensors become the module's (for a module built on the meta device)."""
     state_dict = load_state_dict_file(path)
     # BatchNorm's batch counters are training bookkeeping that checkpoints saved before torch 0.4.1 lack.
     for key, value in module.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in state_dict:
-            state_dict[key] = value
+            state_dict[key] = torch.zeros_like(value, device="cpu") if value.is_meta else value
     check_layout(module, state_dict, source=str(path))
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
+    return module
+
+
+# Networks built on the meta device before loading (build_and_load). Not GFPGAN: its initialisers on meta
+# tensors go through torch's decompositions, whose first use imports torch._dynamo (seconds, and a cache
+# folder under TMPDIR).
+META_BUILT = frozenset({"wav2lip", "wav2lip_gan"})
+
+
+def build_and_load(factory: Callable[[], nn.Module], path: str | Path) -> nn.Module:
+    """``factory()`` with the weights of ``path``. The network is built on the meta device, so its random
+    initialisation (a third of Wav2Lip's load time on a CPU, all of it holding the GIL) is never computed;
+    a network holding tensors the file does not fill (non-persistent buffers) is built normally instead."""
+    with torch.device("meta"):
+        module = factory()
+    load_into(module, path, assign=True)
+    if any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers())):
+        return load_into(factory(), path)
     return module
 
 
@@ -176,8 +196,8 @@ def load_network(
 
     ``fp16`` applies on CUDA only; ``channels_last`` converts the memory format. The file is used as
     is: its layout is checked, never its checksum (bring-your-own weights)."""
-    module = network_factory(name)()
-    load_into(module, path)
+    factory = network_factory(name)
+    module = build_and_load(factory, path) if name in META_BUILT else load_into(factory(), path)
     log.debug("loaded %s from %s", name, path)
     return prepare_module(module, device, fp16=fp16, channels_last=channels_last)
 

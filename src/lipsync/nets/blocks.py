@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 IntPair = int | tuple[int, int]
 
@@ -109,9 +109,14 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
         conv, norm = block.conv_block[0], block.conv_block[-1]
         if not isinstance(norm, nn.BatchNorm2d):
             continue  # already folded
-        fused = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
-        fused.requires_grad_(False)
-        block.conv_block = nn.Sequential(fused)
+        # The convolution itself takes the folded weights (fuse_conv_bn_eval would deep-copy it first).
+        with torch.no_grad():
+            weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                norm.eps, norm.weight, norm.bias,
+                                                transpose=isinstance(conv, nn.ConvTranspose2d))  # fmt: skip
+        conv.weight, conv.bias = weight, bias
+        conv.requires_grad_(False)
+        block.conv_block = nn.Sequential(conv)
     return module
 
 

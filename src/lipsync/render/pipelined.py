@@ -39,7 +39,7 @@ from lipsync.render.stages import (
 )
 from lipsync.render.stats import PipelineStats, StageTimer
 from lipsync.stages.enhance import FaceEnhancer
-from lipsync.stages.lipsync import MouthGenerator
+from lipsync.stages.lipsync import MouthGenerator, generation_plan, torch_threads
 from lipsync.types import Track
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -91,13 +91,14 @@ def render_pipelined(
     state = RunState()
     budget = FrameBudget(state, PIPELINE_FRAME_BYTES)
     views = tracking.views()
+    workers, threads = generation_plan(generator)
     stages = [Stage("decode", decode_stage(job, timer), FRAME_DEPTH)]
     if tracking.tracker is not None:
         done = tracking.on_done or (lambda _t: None)
         stages.append(Stage("track", track_stage(tracking.tracker, timer, done), FRAME_DEPTH))
     stages += [
         Stage("frames", frames_stage(job, views, options, chunk, budget, timer, stats), BATCH_DEPTH),
-        Stage("generate", generate_stage(generator, batch, timer), BATCH_DEPTH),
+        Stage("generate", generate_stage(generator, batch, timer, workers), BATCH_DEPTH),
         Stage("composite", composite_stage(options, timer, stats), BATCH_DEPTH),
     ]
     if enhancer is not None:
@@ -119,7 +120,8 @@ def render_pipelined(
                 progress.finish()
 
             report("lipsync", 0, num_out)
-            run_stages(stages, encode, state=state, idle=progress.tick)
+            with torch_threads(threads):
+                run_stages(stages, encode, state=state, idle=progress.tick)
             report("encode", 0, 1)
             with timer("encode"):
                 stack.close()  # closing the writer flushes the encoder and muxes the audio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -62,10 +63,11 @@ class PipelineStats:
 
 
 class StageTimer:
-    """Adds up wall seconds per stage name."""
+    """Adds up wall seconds per stage name (a stage with several workers adds up theirs)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -73,4 +75,5 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            with self._lock:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start

@@ -11,7 +11,10 @@ Only ``Wav2LipGenerator.__call__`` touches torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -186,6 +189,42 @@ class Wav2LipGenerator:
             # pageable temporary on the host and lose the asynchronous copy.
             return host.to(self.device, non_blocking=True).to(self.dtype)
         return host.to(self.device, dtype=self.dtype)
+
+
+# At most this many Wav2Lip forwards side by side on a CPU (each with cores // workers torch threads).
+CPU_GENERATE_WORKERS = 2
+
+
+def generation_plan(generator: MouthGenerator, cores: int | None = None) -> tuple[int, int | None]:
+    """(forwards side by side, torch intra-op threads) for the pipelined render's generate stage.
+
+    On a CPU, a forward split over all cores stalls whenever another stage takes one of them: its threads
+    wait for the slowest at every layer (measured on 2 cores: the generator spent about 40 % more CPU per
+    frame inside the render than alone). Two forwards of half the threads each lose only their own share
+    of a stolen core. CUDA, onnxruntime and test doubles keep one forward and torch's own setting (None).
+    """
+    device = getattr(generator, "device", None)
+    if getattr(device, "type", None) != "cpu" or getattr(generator, "_ort", None) is not None:
+        return 1, None
+    cores = cores or os.cpu_count() or 1
+    workers = max(1, min(CPU_GENERATE_WORKERS, cores))
+    return workers, max(1, cores // workers)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block (None: left alone)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- postprocess ----------------------------------------------------------------------------------------
