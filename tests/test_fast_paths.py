@@ -230,51 +230,73 @@ def test_gfpgan_restorer_batches_and_keeps_bgr_order_on_cpu():
 # --- the onnxruntime alternative on CPU -----------------------------------------------------------------
 
 
+def _folded(wav2lip_file):
+    from lipsync.nets import fold_batchnorm
+
+    return lambda: fold_batchnorm(load_network("wav2lip_gan", wav2lip_file).float())
+
+
 def test_onnxruntime_generator_matches_torch_and_caches_its_export(wav2lip_file, tmp_path):
+    from lipsync.stages.wav2lip_onnx import load_onnx_generator
+
     faces, mels = _inputs(5)
     cache = tmp_path / "onnx"
     ref = Wav2LipGenerator(load_network("wav2lip_gan", wav2lip_file), "cpu", batch_size=4)(faces, mels)
-    ort_gen = Wav2LipGenerator(
-        load_network("wav2lip_gan", wav2lip_file),
-        "cpu",
-        batch_size=4,
-        runtime="onnxruntime",
-        onnx_cache=cache,
-    )
+    built = []
+
+    def build():
+        built.append(1)
+        return _folded(wav2lip_file)()
+
+    ort_gen = load_onnx_generator("wav2lip_gan", wav2lip_file, cache, build, batch_size=4)
     assert np.abs(ort_gen(faces, mels).astype(int) - ref.astype(int)).max() <= 1
-    (export,) = cache.glob("wav2lip-*.onnx")
+    (export,) = cache.glob("wav2lip_gan-*.onnx")
     stamp = export.stat().st_mtime_ns
-    again = Wav2LipGenerator(
-        load_network("wav2lip_gan", wav2lip_file), "cpu", runtime="onnxruntime", onnx_cache=cache
-    )
-    assert again._ort.path == export and export.stat().st_mtime_ns == stamp  # reused, not re-exported
+    again = load_onnx_generator("wav2lip_gan", wav2lip_file, cache, build)
+    assert again.path == export and export.stat().st_mtime_ns == stamp and built == [1]  # reused, no torch
     # A corrupt cache entry is never trusted: it is exported again.
     export.write_bytes(b"not a model")
-    rebuilt = Wav2LipGenerator(
-        load_network("wav2lip_gan", wav2lip_file), "cpu", runtime="onnxruntime", onnx_cache=cache
-    )
-    assert np.abs(rebuilt(faces, mels).astype(int) - ref.astype(int)).max() <= 1
+    rebuilt = load_onnx_generator("wav2lip_gan", wav2lip_file, cache, build, batch_size=2)
+    assert built == [1, 1] and np.abs(rebuilt(faces, mels).astype(int) - ref.astype(int)).max() <= 1
+    assert rebuilt(faces[:0], mels[:0]).shape == (0, 96, 96, 3)
+    with pytest.raises(ValueError, match="mel"):
+        rebuilt(faces, mels[:2])
 
 
-def test_other_weights_get_their_own_export_and_bad_runtime_is_refused(tmp_path):
-    from lipsync.stages.wav2lip_onnx import weights_digest
+def test_another_checkpoint_file_gets_its_own_export(wav2lip_file, tmp_path):
+    from lipsync.stages.wav2lip_onnx import export_path
 
-    a, b = Wav2Lip(), Wav2Lip()
-    assert weights_digest(a) != weights_digest(b)
-    with pytest.raises(ValueError, match="runtime"):
-        Wav2LipGenerator(Wav2Lip(), "cpu", runtime="tensorrt")
-    with pytest.raises(ValueError, match="onnx_cache"):
-        Wav2LipGenerator(Wav2Lip(), "cpu", runtime="onnxruntime")
+    other = tmp_path / "other.pth"
+    other.write_bytes(Path(wav2lip_file).read_bytes() + b"\0")
+    first = export_path(tmp_path, "wav2lip_gan", wav2lip_file)
+    assert first != export_path(tmp_path, "wav2lip_gan", other)
+    assert first == export_path(tmp_path, "wav2lip_gan", wav2lip_file)
 
 
-def test_the_pipeline_setting_selects_onnxruntime_with_its_cache_under_models_dir(wav2lip_file, tmp_path):
+def test_the_pipeline_runs_onnxruntime_on_a_cpu_by_default_without_torch(wav2lip_file, tmp_path):
+    import subprocess
+    import sys
+
     from lipsync.config import Settings
     from lipsync.pipeline import LipSyncPipeline
+    from lipsync.stages.wav2lip_onnx import OnnxMouthGenerator
 
-    settings = Settings(device="cpu", offline=True, models_dir=tmp_path / "models",
-                        wav2lip_checkpoint=wav2lip_file, cpu_generator="onnxruntime")  # fmt: skip
+    models = tmp_path / "models"
+    settings = Settings(device="cpu", offline=True, models_dir=models, wav2lip_checkpoint=wav2lip_file)
+    assert settings.cpu_generator == "onnxruntime"
     gen = LipSyncPipeline(settings).get_generator()
-    assert gen._ort is not None and gen._ort.path.parent == tmp_path / "models" / "onnx"
-    assert (
-        LipSyncPipeline(settings.model_copy(update={"cpu_generator": "torch"})).get_generator()._ort is None
+    assert isinstance(gen, OnnxMouthGenerator) and gen.path.parent == models / "onnx"
+    torch_gen = LipSyncPipeline(settings.model_copy(update={"cpu_generator": "torch"})).get_generator()
+    assert isinstance(torch_gen, Wav2LipGenerator)
+    # With the export cached, a fresh process generates without ever importing torch.
+    code = (
+        "import sys, numpy as np\n"
+        "from lipsync.config import Settings\n"
+        "from lipsync.pipeline import LipSyncPipeline\n"
+        f"s = Settings(device='cpu', offline=True, models_dir={str(models)!r}, wav2lip_checkpoint={str(wav2lip_file)!r})\n"
+        "g = LipSyncPipeline(s).get_generator()\n"
+        "out = g(np.zeros((2, 96, 96, 3), np.uint8), np.zeros((2, 80, 16), np.float32))\n"
+        "print(out.shape, 'torch' in sys.modules)\n"
     )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split()[-1] == "False", proc.stdout

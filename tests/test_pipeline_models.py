@@ -15,7 +15,6 @@ from lipsync.options import LipSyncOptions
 from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
 from lipsync.stages.enhance import GFPGANRestorer, similarity_transform
 from lipsync.stages.frames import point_for
-from lipsync.stages.lipsync import Wav2LipGenerator
 from lipsync.types import Box, Character
 from pipeline_fixtures import (
     PALETTE,
@@ -67,7 +66,9 @@ def test_real_wav2lip_network_with_random_weights(tmp_path, checkpoints):
     request = LipSyncRequest(video, audio, tmp_path / "out.mp4", options=options)
     result = pipe(request)
     generator = pipe.get_generator()
-    assert isinstance(generator, Wav2LipGenerator) and generator.device.type == "cpu"
+    from lipsync.stages.wav2lip_onnx import OnnxMouthGenerator  # the CPU default
+
+    assert isinstance(generator, OnnxMouthGenerator) and generator.device == "cpu"
     assert result.stats.batch_size == 4 and result.stats.device == "cpu"
     assert result.stats.characters["face"].frames_synced == 10
     out = decode_frames(result.output)

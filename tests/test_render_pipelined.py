@@ -344,8 +344,10 @@ def test_generation_plan_splits_cpu_forwards_only():
     cuda.device = type("Device", (), {"type": "cuda"})()
     assert generation_plan(cuda, cores=8) == (1, None)
     ort = _CpuMouthMark()
-    ort._ort = object()  # onnxruntime sizes its own threads
-    assert generation_plan(ort, cores=8) == (1, None)
+    ort.runtime = "onnxruntime"  # side by side, each session with the threads it was made with
+    assert generation_plan(ort, cores=8) == (2, None)
+    ort.device = "cpu"  # a device given as a string
+    assert generation_plan(ort, cores=2) == (2, None)
 
 
 @pytest.mark.parametrize(("chars", "batch"), [(("red", "blue"), 8), ((), 5)])

@@ -45,9 +45,10 @@ class Settings(BaseSettings):
     fp16: bool = Field(True, description="Run the generators in float16 on CUDA.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Wav2Lip batch size (default per device).")
     cpu_generator: Literal["torch", "onnxruntime"] = Field(
-        "torch", description="What runs Wav2Lip on a CPU: torch (BatchNorm folded, channels_last) or "
-        "onnxruntime (the folded network exported once per checkpoint to <models_dir>/onnx). They measured "
-        "a tie in CPU time (benchmarks/generator_backends.py).",
+        "onnxruntime", description="What runs Wav2Lip on a CPU: onnxruntime (the BatchNorm-folded network "
+        "exported once per checkpoint file to <models_dir>/onnx; a run then needs no torch) or torch (folded, "
+        "channels_last). The same CPU time per frame (benchmarks/generator_backends.py); onnxruntime starts "
+        "about 2 CPU seconds sooner.",
     )  # fmt: skip
 
     # --- models --------------------------------------------------------------------------------------

@@ -89,18 +89,33 @@ class PipelineModels:
     def get_generator(self) -> MouthGenerator:
         with self._lock:
             if self._generator is None:
+                name = self.settings.wav2lip_model
+                path = self.store.ensure(name)
+                if device_kind(self.device) == "cpu" and self.settings.cpu_generator == "onnxruntime":
+                    self._generator = self._onnx_generator(name, path)
+                    return self._generator
                 from lipsync.models import load_network, resolve_device  # torch: imported here, on use
 
                 device = resolve_device(self.device)
-                name = self.settings.wav2lip_model
-                path = self.store.ensure(name)
                 log.info("loading %s from %s on %s", name, path, device)
                 net = load_network(name, path, device=device)
-                self._generator = Wav2LipGenerator(
-                    net, device, batch_size=self.settings.batch_size, fp16=self.settings.fp16,
-                    runtime=self.settings.cpu_generator, onnx_cache=Path(self.settings.models_dir) / "onnx",
-                )  # fmt: skip
+                self._generator = Wav2LipGenerator(net, device, batch_size=self.settings.batch_size,
+                                                   fp16=self.settings.fp16)  # fmt: skip
             return self._generator
+
+    def _onnx_generator(self, name: str, path: Path) -> MouthGenerator:
+        from lipsync.stages.lipsync import cpu_threads_per_forward
+        from lipsync.stages.wav2lip_onnx import load_onnx_generator
+
+        def folded():
+            from lipsync.models import load_network
+            from lipsync.nets import fold_batchnorm
+
+            return fold_batchnorm(load_network(name, path, device="cpu").float())
+
+        log.info("loading %s from %s on cpu (onnxruntime)", name, path)
+        return load_onnx_generator(name, path, Path(self.settings.models_dir) / "onnx", folded,
+                                   batch_size=self.settings.batch_size, threads=cpu_threads_per_forward())  # fmt: skip
 
     def load_generator_beside(self) -> Future[MouthGenerator]:
         """``get_generator`` on a worker thread (its result, or its error, comes from the future). Its file
@@ -138,13 +153,13 @@ class PipelineModels:
         """The occlusion masker for a request's ``occlusion_mask`` setting (see ``resolve_occlusion``); a
         masker given to the constructor counts as present."""
         with self._lock:
-            from lipsync.models import load_network, resolve_device
-
-            device = resolve_device(self.device)
             present = self._occlusion is not None or self.store.path_for("face_parsing").is_file()
-            if not resolve_occlusion(choice, present, device.type):
-                return None
+            if not resolve_occlusion(choice, present, device_kind(self.device)):
+                return None  # decided without torch: a run that needs no torch never imports it
             if self._occlusion is None:
+                from lipsync.models import load_network, resolve_device
+
+                device = resolve_device(self.device)
                 path = self.store.ensure("face_parsing")
                 log.info("loading face_parsing from %s on %s", path, device)
                 self._occlusion = FaceParsingMasker(load_network("face_parsing", path, device=device), device)

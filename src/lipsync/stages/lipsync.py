@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
@@ -86,7 +85,8 @@ class MouthGenerator(Protocol):
 
 
 class Wav2LipGenerator:
-    """Batched Wav2Lip forward with OOM back-off.
+    """Batched Wav2Lip forward in torch with OOM back-off (on a CPU, the default is onnxruntime instead:
+    lipsync.stages.wav2lip_onnx).
 
     ``batch_size`` is the largest batch sent to the network at once; it halves (and stays halved) when the
     device runs out of memory, down to 1. On CUDA the network runs in float16 when ``fp16`` is set, and
@@ -107,11 +107,10 @@ class Wav2LipGenerator:
         fp16: bool = True,
         channels_last: bool = True,
         fold_bn: bool = True,
-        runtime: str = "torch",
-        onnx_cache: Path | None = None,
     ) -> None:
         import torch
 
+        self.runtime = "torch"
         self.device = torch.device(device)
         self.batch_size = int(batch_size or default_batch_size(self.device))
         if self.batch_size < 1:
@@ -126,16 +125,6 @@ class Wav2LipGenerator:
             net = fold_batchnorm(net.float())
         self.net = net.to(self.device, dtype=self.dtype, memory_format=self.memory_format).eval()
         self._staging = PinnedStaging() if self.device.type == "cuda" else None
-        # onnxruntime is a CPU alternative only (stages.wav2lip_onnx); CUDA keeps torch (fp16, pinned copies).
-        self._ort = None
-        if runtime == "onnxruntime" and self.device.type == "cpu":
-            from lipsync.stages.wav2lip_onnx import OnnxWav2Lip
-
-            if onnx_cache is None:
-                raise ValueError("runtime='onnxruntime' needs onnx_cache, the folder for the exported model")
-            self._ort = OnnxWav2Lip(self.net.to(memory_format=torch.contiguous_format), onnx_cache)
-        elif runtime not in ("torch", "onnxruntime"):
-            raise ValueError(f"runtime must be torch or onnxruntime, got {runtime!r}")
 
     def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         import torch
@@ -166,9 +155,6 @@ class Wav2LipGenerator:
     def _forward(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         import torch
 
-        if self._ort is not None:
-            pred = np.clip(self._ort(mels, faces), 0.0, 1.0) * 255.0
-            return np.rint(pred).astype(np.uint8).transpose(0, 2, 3, 1)
         with torch.inference_mode():
             face_t = self._to_device("face", faces)
             face_t = face_t.contiguous(memory_format=self.memory_format)
@@ -201,14 +187,23 @@ def generation_plan(generator: MouthGenerator, cores: int | None = None) -> tupl
     On a CPU, a forward split over all cores stalls whenever another stage takes one of them: its threads
     wait for the slowest at every layer (measured on 2 cores: the generator spent about 40 % more CPU per
     frame inside the render than alone). Two forwards of half the threads each lose only their own share
-    of a stolen core. CUDA, onnxruntime and test doubles keep one forward and torch's own setting (None).
+    of a stolen core. CUDA and test doubles keep one forward and torch's own setting (None); onnxruntime
+    forwards run side by side with the threads their sessions were made with (None).
     """
     device = getattr(generator, "device", None)
-    if getattr(device, "type", None) != "cpu" or getattr(generator, "_ort", None) is not None:
+    if getattr(device, "type", device) != "cpu":
         return 1, None
     cores = cores or os.cpu_count() or 1
     workers = max(1, min(CPU_GENERATE_WORKERS, cores))
-    return workers, max(1, cores // workers)
+    if getattr(generator, "runtime", "torch") != "torch":  # onnxruntime: its sessions hold their threads
+        return workers, None
+    return workers, cpu_threads_per_forward(cores)
+
+
+def cpu_threads_per_forward(cores: int | None = None) -> int:
+    """The threads each side-by-side forward gets on a CPU (see generation_plan)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, min(CPU_GENERATE_WORKERS, cores)))
 
 
 @contextlib.contextmanager

@@ -1,11 +1,15 @@
-"""Wav2Lip under onnxruntime on a CPU: the alternative to the folded torch network, chosen with
-``LIPSYNC_CPU_GENERATOR=onnxruntime`` (the default stays torch: the two measured a tie in CPU time on the
-project's machine, benchmarks/generator_backends.py, and torch needs no export).
+"""Wav2Lip under onnxruntime: the default on a CPU (``LIPSYNC_CPU_GENERATOR=onnxruntime``; ``torch`` is the
+alternative).
 
-The folded network is exported once per set of weights with ``torch.onnx`` (dynamic batch) and cached under
-``<MODELS_DIR>/onnx/wav2lip-<digest>.onnx``, the digest taken over the weights themselves, so a new
-checkpoint never meets a stale export. The file is written under a temporary name and renamed; one that
-onnxruntime cannot load is deleted and exported again.
+Why the default: it costs the same CPU time per frame as the folded torch network
+(benchmarks/generator_backends.py), but once its export is cached a run needs no torch at all, and
+importing torch and building the network cost about 2 CPU seconds at every start, most of them holding the
+GIL while the rest of the job starts up beside it.
+
+The folded network is exported once per checkpoint file with ``torch.onnx`` (dynamic batch) and cached as
+``<MODELS_DIR>/onnx/<model>-<digest>.onnx``, the digest taken over the file's bytes: a changed checkpoint
+never meets a stale export (and is loaded, its layout checked, to export it). The file is written under a
+temporary name and renamed; one that onnxruntime cannot load is deleted and exported again.
 """
 
 from __future__ import annotations
@@ -14,22 +18,31 @@ import hashlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from lipsync.errors import ModelError
+from lipsync.stages.lipsync import FACE_SIZE, build_inputs, default_batch_size
+
 log = logging.getLogger(__name__)
 
 INPUTS = ("mel", "face")
+_CHUNK = 1 << 20
 
 
-def weights_digest(net) -> str:
-    """sha256 (first 16 hex digits) over every tensor of ``net``'s state dict, names included."""
+def file_digest(path: Path) -> str:
+    """sha256 (first 16 hex digits) of the file's bytes."""
     h = hashlib.sha256()
-    for name, tensor in net.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
     return h.hexdigest()[:16]
+
+
+def export_path(cache_dir: Path, name: str, checkpoint: Path) -> Path:
+    return Path(cache_dir) / f"{name}-{file_digest(checkpoint)}.onnx"
 
 
 def export_onnx(net, path: Path) -> Path:
@@ -48,29 +61,60 @@ def export_onnx(net, path: Path) -> Path:
     return path
 
 
-class OnnxWav2Lip:
-    """``(mels (N, 1, 80, 16), faces (N, 6, 96, 96)) float32 -> (N, 3, 96, 96)`` by onnxruntime."""
+class OnnxMouthGenerator:
+    """A MouthGenerator on an onnxruntime session of the exported network: (N, 96, 96, 3) BGR faces and
+    (N, 80, 16) mels -> (N, 96, 96, 3) BGR faces, rounded as the torch path rounds. ``threads``: the
+    session's own (the render runs several calls side by side: lipsync.stages.lipsync.generation_plan)."""
 
-    def __init__(self, net, cache_dir: Path, *, threads: int = 0) -> None:
+    device = "cpu"
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, *, batch_size: int | None = None, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        self.path = Path(cache_dir) / f"wav2lip-{weights_digest(net)}.onnx"
+        self.path = Path(path)
+        self.batch_size = int(batch_size or default_batch_size("cpu"))
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per core
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # beside other stages
         options.log_severity_level = 3
-        if not self.path.is_file():
-            log.info("exporting Wav2Lip to %s (once per set of weights)", self.path)
-            export_onnx(net, self.path)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # a truncated or foreign file: never trusted, rebuilt
-            log.warning("cached ONNX export %s is unusable (%s); exporting again", self.path, exc)
-            export_onnx(net, self.path)
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own untyped errors for a truncated or foreign file
+            raise ModelError(f"cannot load the Wav2Lip export {self.path}: {exc}") from exc
 
-    def __call__(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        feeds = {
-            "mel": np.ascontiguousarray(mels, np.float32),
-            "face": np.ascontiguousarray(faces, np.float32),
-        }
-        return self.session.run(None, feeds)[0]
+    def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        if len(faces) != len(mels):
+            raise ValueError(f"{len(faces)} faces but {len(mels)} mel windows")
+        out = np.empty((len(faces), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        if len(faces) == 0:
+            return out
+        inputs = build_inputs(faces)
+        mel_in = np.ascontiguousarray(mels, dtype=np.float32)[:, None]
+        for start in range(0, len(faces), self.batch_size):
+            stop = min(len(faces), start + self.batch_size)
+            feeds = {"mel": mel_in[start:stop], "face": inputs[start:stop]}
+            pred = np.clip(self.session.run(None, feeds)[0], 0.0, 1.0) * 255.0
+            out[start:stop] = np.rint(pred).astype(np.uint8).transpose(0, 2, 3, 1)
+        return out
+
+
+def load_onnx_generator(
+    name: str, checkpoint: Path, cache_dir: Path, build_net: Callable[[], object], *,
+    batch_size: int | None = None, threads: int = 1,
+) -> OnnxMouthGenerator:  # fmt: skip
+    """The generator for ``checkpoint`` from its cached export; ``build_net`` (the folded torch network:
+    the only use of torch here) runs when there is none, or the one there is unusable."""
+    target = export_path(cache_dir, name, checkpoint)
+    if target.is_file():
+        try:
+            return OnnxMouthGenerator(target, batch_size=batch_size, threads=threads)
+        except ModelError as exc:
+            log.warning("%s; exporting again", exc)
+            target.unlink(missing_ok=True)
+    log.info("exporting %s to %s (once per checkpoint file)", name, target)
+    export_onnx(build_net(), target)
+    return OnnxMouthGenerator(target, batch_size=batch_size, threads=threads)
