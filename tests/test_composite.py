@@ -287,3 +287,19 @@ def test_feathered_fallback_seam_is_soft(face):
     # And the mouth itself is the generated face, not a blend with the frame.
     mouth = change[100 + int(0.7 * face) : 100 + int(0.8 * face), int(0.4 * w) : int(0.6 * w)]
     assert mouth.min() >= 0.95 * 86
+
+
+@pytest.mark.parametrize(("h", "w"), [(241, 190), (64, 48), (30, 400)])
+def test_poisson_on_the_mask_rectangle_equals_the_whole_region_solve(h, w):
+    """The solve runs on the mask's bounding rectangle plus a margin; inside the mask it must give the
+    pixels of seamlessClone over the whole region."""
+    rng = np.random.default_rng(h)
+    region = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    crop = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    support = lower_face_mask(h, w) > 0
+    binary = support.astype(np.uint8) * 255
+    x, y, bw, bh = cv2.boundingRect(binary)
+    whole = cv2.seamlessClone(crop, region, binary, (x + bw // 2, y + bh // 2), cv2.NORMAL_CLONE)
+    got = composite_module._poisson(region, crop, support)
+    assert got.shape == region.shape
+    np.testing.assert_array_equal(got[support], whole[support])

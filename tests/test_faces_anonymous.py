@@ -137,3 +137,33 @@ def test_recognizer_is_loaded_on_first_use_and_missing_files_are_reported_up_fro
     with pytest.raises(ModelNotAvailable, match=r"missing\.onnx"):
         create_face_backend(Settings(det_model=det, rec_model=tmp_path / "missing.onnx", device="cpu"))
     assert LazyRecognizer(rec, "cpu").loaded is False
+
+
+def test_one_face_or_one_character_is_assigned_without_scipy_as_scipy_would():
+    import subprocess
+    import sys
+
+    from scipy.optimize import linear_sum_assignment
+
+    from lipsync.faces.matching import assign
+
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        shape = (1, int(rng.integers(1, 6))) if rng.random() < 0.5 else (int(rng.integers(1, 6)), 1)
+        scores = rng.random(shape)
+        eligible = rng.random(shape) < 0.6
+        got = assign(scores, eligible)
+        if not eligible.any():
+            assert got == []
+            continue
+        rows, cols = linear_sum_assignment(np.where(eligible, -scores - 10.0, 1e6))
+        want = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if eligible[r, c]]
+        assert got == want
+    code = (
+        "import sys, numpy as np\n"
+        "from lipsync.faces.matching import assign\n"
+        "assert assign(np.array([[0.2, 0.9, 0.5]]), np.array([[True, True, False]])) == [(0, 1)]\n"
+        "print('scipy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -106,6 +106,12 @@ def assign(scores: np.ndarray, eligible: np.ndarray) -> list[tuple[int, int]]:
     """
     if scores.size == 0 or not eligible.any():
         return []
+    if min(scores.shape) == 1:
+        # One face or one character (the usual case): the best eligible pair is the optimum, and
+        # importing scipy for it cost half a CPU second in the middle of the render.
+        masked = np.where(eligible, scores, -np.inf)
+        r, c = np.unravel_index(int(np.argmax(masked)), masked.shape)
+        return [(int(r), int(c))]
     # Ineligible pairs get a cost worse than any eligible total so they are only picked when unavoidable
     # (then dropped); the offset keeps every eligible cost negative, so matching more pairs always wins.
     big = float(np.abs(scores[eligible]).sum() + 1.0) * 2.0

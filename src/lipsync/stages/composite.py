@@ -145,14 +145,28 @@ def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+# Frame pixels kept around the mask's bounding rectangle for the Poisson solve (its boundary values).
+_POISSON_MARGIN = 2
+
+
 def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """seamlessClone of ``crop`` into ``region`` (same size) over ``support``; returns the cloned region."""
+    """seamlessClone of ``crop`` into ``region`` (same size) over ``support``; returns the cloned region,
+    exact inside ``support`` (the only pixels the caller keeps; outside it, the region's own)."""
     binary = support.astype(np.uint8) * 255
     x, y, w, h = cv2.boundingRect(binary)
+    # Solve on the mask's bounding rectangle plus a margin, not the whole box: the same pixels inside
+    # the support (the solve only reads the boundary ring), about a fifth less work for a face mask.
+    m = _POISSON_MARGIN
+    y0, y1 = max(0, y - m), min(region.shape[0], y + h + m)
+    x0, x1 = max(0, x - m), min(region.shape[1], x + w + m)
+    sub = (slice(y0, y1), slice(x0, x1))
     # seamlessClone centres the mask's bounding rect on p, placing its top-left at p - (w//2, h//2):
     # this p puts every crop pixel exactly over the region pixel it came from.
-    center = (x + w // 2, y + h // 2)
-    return cv2.seamlessClone(crop, region, binary, center, cv2.NORMAL_CLONE)
+    center = (x - x0 + w // 2, y - y0 + h // 2)
+    out = region.copy()
+    out[sub] = cv2.seamlessClone(np.ascontiguousarray(crop[sub]), np.ascontiguousarray(region[sub]),
+                                 np.ascontiguousarray(binary[sub]), center, cv2.NORMAL_CLONE)  # fmt: skip
+    return out
 
 
 def composite_face(
