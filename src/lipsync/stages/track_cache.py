@@ -36,7 +36,7 @@ from lipsync.types import Box, Character, Track, TrackPoint
 log = logging.getLogger(__name__)
 
 #: Part of every key: bump it when the tracker's output changes, so older entries are stale.
-TRACKER_VERSION = 2
+TRACKER_VERSION = 3  # 3: anonymous faces followed by box continuity (lipsync.faces.tracking)
 _FORMAT = 1
 _CHUNK = 1 << 20
 
