@@ -53,6 +53,8 @@ def dub(tmp_path, monkeypatch) -> dict[str, Path]:
             monkeypatch.delenv(name)
     checkpoint = write_random_wav2lip(tmp_path / "w2l.pth", seed=3)
     monkeypatch.setenv("LIPSYNC_OFFLINE", "1")
+    # The model store exists from the start: a CPU run caches Wav2Lip's ONNX export there (not a leftover).
+    (tmp_path / "models").mkdir()
     monkeypatch.setenv("MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("LIPSYNC_FACE_BACKEND", "dlib")
     monkeypatch.setenv("LIPSYNC_WAV2LIP_CHECKPOINT", str(checkpoint))
