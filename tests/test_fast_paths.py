@@ -300,3 +300,24 @@ def test_the_pipeline_runs_onnxruntime_on_a_cpu_by_default_without_torch(wav2lip
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.split()[-1] == "False", proc.stdout
+
+
+def test_a_failed_export_falls_back_to_torch_with_a_warning(wav2lip_file, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import lipsync.stages.wav2lip_onnx as onnx_mod
+    from lipsync.config import Settings
+    from lipsync.pipeline import LipSyncPipeline
+
+    def broken(net, path):
+        raise RuntimeError("Module onnx is not installed!")
+
+    monkeypatch.setattr(onnx_mod, "export_onnx", broken)
+    settings = Settings(
+        device="cpu", offline=True, models_dir=tmp_path / "m", wav2lip_checkpoint=wav2lip_file
+    )
+    with caplog.at_level(logging.WARNING):
+        gen = LipSyncPipeline(settings).get_generator()
+    assert isinstance(gen, Wav2LipGenerator)
+    assert any("onnx is not installed" in r.message and "torch instead" in r.message for r in caplog.records)
+    assert not list((tmp_path / "m").rglob("*.onnx"))

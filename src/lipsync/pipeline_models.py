@@ -92,8 +92,13 @@ class PipelineModels:
                 name = self.settings.wav2lip_model
                 path = self.store.ensure(name)
                 if device_kind(self.device) == "cpu" and self.settings.cpu_generator == "onnxruntime":
-                    self._generator = self._onnx_generator(name, path)
-                    return self._generator
+                    from lipsync.stages.wav2lip_onnx import OnnxExportFailed
+
+                    try:
+                        self._generator = self._onnx_generator(name, path)
+                        return self._generator
+                    except OnnxExportFailed as exc:
+                        log.warning("%s; running Wav2Lip on torch instead", exc)
                 from lipsync.models import load_network, resolve_device  # torch: imported here, on use
 
                 device = resolve_device(self.device)

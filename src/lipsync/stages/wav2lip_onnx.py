@@ -116,5 +116,13 @@ def load_onnx_generator(
             log.warning("%s; exporting again", exc)
             target.unlink(missing_ok=True)
     log.info("exporting %s to %s (once per checkpoint file)", name, target)
-    export_onnx(build_net(), target)
+    net = build_net()  # its own errors (a bad checkpoint) are the job's, raised as they are
+    try:
+        export_onnx(net, target)
+    except Exception as exc:  # torch.onnx raises its own untyped errors (e.g. the onnx package missing)
+        raise OnnxExportFailed(f"cannot export {name} to ONNX: {exc}") from exc
     return OnnxMouthGenerator(target, batch_size=batch_size, threads=threads)
+
+
+class OnnxExportFailed(ModelError):
+    """The network could not be exported; the caller runs it on torch instead."""
