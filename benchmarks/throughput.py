@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import platform
@@ -129,7 +128,7 @@ def measure_clip(spec: dict) -> dict:
     # One forward at a time (torch: over all its threads; onnxruntime: its session's threads).
     row["forward_one_fps"] = _rate(reps * batch, time.perf_counter() - t)
     # As the render runs it (generation_plan): each batch split between forwards side by side.
-    from lipsync.stages.lipsync import generation_plan, torch_threads
+    from lipsync.stages.lipsync import batch_parts, generation_plan, torch_threads
 
     workers, threads = generation_plan(gen)
     runtime = getattr(gen, "runtime", "torch")
@@ -139,7 +138,7 @@ def measure_clip(spec: dict) -> dict:
     if workers > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        parts = list(itertools.pairwise(np.linspace(0, batch, workers + 1).round().astype(int)))
+        parts = batch_parts(batch, workers)  # as the render's generate stage splits a batch
 
         def forward(part: tuple[int, int]) -> np.ndarray:
             return gen(faces[part[0] : part[1]], mels[part[0] : part[1]])

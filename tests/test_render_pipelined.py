@@ -335,7 +335,10 @@ class _CpuMouthMark(MouthMarkGenerator):
 
 
 def test_generation_plan_splits_cpu_forwards_only():
-    from lipsync.stages.lipsync import generation_plan
+    from lipsync.stages.lipsync import batch_parts, generation_plan
+
+    assert batch_parts(16, 2) == [(0, 8), (8, 16)] and batch_parts(5, 2) == [(0, 2), (2, 5)]
+    assert batch_parts(1, 2) == [(0, 1)] and batch_parts(7, 1) == [(0, 7)]
 
     cpu = _CpuMouthMark()
     assert generation_plan(cpu, cores=2) == (2, 1)

@@ -12,6 +12,7 @@ import numpy as np
 from lipsync.errors import ModelError, ModelNotAvailable
 from lipsync.faces.arcface import INSIGHTFACE_DEFAULT_THRESHOLD, ArcFaceRecognizer, cosine_similarity01
 from lipsync.faces.scrfd import SCRFDDetector, default_input_size
+from lipsync.models.device import cpu_session_options
 from lipsync.types import Face
 
 if TYPE_CHECKING:
@@ -109,15 +110,12 @@ def create_session(path: Path, device: str = "auto"):
     if not path.is_file():
         raise ModelNotAvailable(f"face model file not found: {path}")
     providers = onnx_providers(device)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # CUDA provider fallbacks are reported by us, not as noise
     if providers[0] == "CPUExecutionProvider":
-        # Face models run beside the render's other stages: onnxruntime's own pool of spinning threads
-        # took the cores Wav2Lip needed (measured on 2 cores: the tracker's CPU time doubled and the
-        # generator's with it). One thread that sleeps when idle; the pipeline is the parallelism.
-        options.intra_op_num_threads = CPU_SESSION_THREADS
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Face models run beside the render's other stages: one thread each; the pipeline is the parallelism.
+        options = cpu_session_options(CPU_SESSION_THREADS)
+    else:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # CUDA provider fallbacks are reported by us, not as noise
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files

@@ -73,6 +73,10 @@ class _Obs:
     landmarks: np.ndarray
     similarity: float
 
+    @classmethod
+    def of(cls, face: Face, similarity: float) -> _Obs:
+        return cls(face.box, np.asarray(face.landmarks, np.float32), similarity)
+
 
 @dataclass
 class _Identity:
@@ -174,7 +178,7 @@ class _Tracker:
         for m in matches:
             face = faces[m.face]
             matched[m.character] = (
-                _Obs(face.box, np.asarray(face.landmarks, np.float32), m.similarity),
+                _Obs.of(face, m.similarity),
                 embs[m.face],
             )
             used.add(m.face)
@@ -194,7 +198,7 @@ class _Tracker:
             for m in match_faces(ious.reshape(len(faces), len(seen)), self.options.continuity_iou):
                 face = faces[m.face]
                 matched[seen[m.character]] = (
-                    _Obs(face.box, np.asarray(face.landmarks, np.float32), 1.0),
+                    _Obs.of(face, 1.0),
                     None,
                 )
                 rest.remove(m.face)
@@ -206,7 +210,7 @@ class _Tracker:
         placed = set()
         for m in match_faces(sims, self.options.similarity_threshold):
             face = faces[rest[m.face]]
-            matched[others[m.character]] = (_Obs(face.box, np.asarray(face.landmarks, np.float32), m.similarity),
+            matched[others[m.character]] = (_Obs.of(face, m.similarity),
                                             embs[m.face])  # fmt: skip
             placed.add(m.face)
         return _Analysis(matched, [(faces[f], embs[j]) for j, f in enumerate(rest) if j not in placed])
@@ -226,7 +230,7 @@ class _Tracker:
                 name = f"{ANONYMOUS_ID}{len(self.identities)}"
                 self.identities.append(_Identity(name, ANONYMOUS_ID, emb, anonymous=True, snapshot=snapshot))
                 analysis.matched[len(self.identities) - 1] = (
-                    _Obs(face.box, np.asarray(face.landmarks, np.float32), 1.0),
+                    _Obs.of(face, 1.0),
                     emb,
                 )
         prev = self.last_sample

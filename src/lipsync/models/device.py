@@ -159,3 +159,18 @@ class PinnedStaging:
         staged.copy_(device_tensor, non_blocking=True)
         torch.cuda.current_stream(device_tensor.device).synchronize()
         return staged.numpy().copy()
+
+
+def cpu_session_options(threads: int = 1):
+    """onnxruntime session options for a model run on a CPU beside the render's other stages: ``threads``
+    intra-op threads that sleep when idle (onnxruntime's spinning pool took the cores Wav2Lip needed:
+    measured on 2 cores, the tracker's CPU time doubled and the generator's with it), no inter-op pool,
+    and warnings only from us (its CUDA-provider fallbacks are reported by lipsync, not as noise)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options

@@ -35,7 +35,7 @@ from lipsync.render.serial import (
 from lipsync.render.stats import PipelineStats, StageTimer
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import render_plan_frame
-from lipsync.stages.lipsync import MouthGenerator
+from lipsync.stages.lipsync import MouthGenerator, batch_parts
 from lipsync.types import Track, TrackPoint
 
 # Decoded pictures the track stage holds while their faces are not final yet; beyond this the oldest
@@ -254,9 +254,8 @@ def generate_stage(
                     parts: list[Future[np.ndarray]] = []
                     if batch.jobs:
                         assert batch.faces is not None and batch.mels is not None
-                        edges = np.linspace(0, len(batch.faces), workers + 1).round().astype(int)
                         parts = [pool.submit(generate, batch.faces[a:b], batch.mels[a:b])
-                                 for a, b in itertools.pairwise(edges) if b > a]  # fmt: skip
+                                 for a, b in batch_parts(len(batch.faces), workers)]  # fmt: skip
                     pending.append((batch, parts))
                     if len(pending) > 1:
                         yield finish()

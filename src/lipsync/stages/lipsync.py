@@ -12,6 +12,7 @@ Only ``Wav2LipGenerator.__call__`` touches torch.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -193,17 +194,27 @@ def generation_plan(generator: MouthGenerator, cores: int | None = None) -> tupl
     device = getattr(generator, "device", None)
     if getattr(device, "type", device) != "cpu":
         return 1, None
-    cores = cores or os.cpu_count() or 1
-    workers = max(1, min(CPU_GENERATE_WORKERS, cores))
+    workers = cpu_forwards(cores)
     if getattr(generator, "runtime", "torch") != "torch":  # onnxruntime: its sessions hold their threads
         return workers, None
     return workers, cpu_threads_per_forward(cores)
 
 
+def cpu_forwards(cores: int | None = None) -> int:
+    """How many Wav2Lip forwards run side by side on a CPU of ``cores`` (see generation_plan)."""
+    return max(1, min(CPU_GENERATE_WORKERS, cores or os.cpu_count() or 1))
+
+
 def cpu_threads_per_forward(cores: int | None = None) -> int:
     """The threads each side-by-side forward gets on a CPU (see generation_plan)."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, min(CPU_GENERATE_WORKERS, cores)))
+    return max(1, (cores or os.cpu_count() or 1) // cpu_forwards(cores))
+
+
+def batch_parts(size: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``parts`` near-equal slices of a batch of ``size`` (empty ones left out): how
+    the generate stage splits a batch between side-by-side forwards."""
+    edges = np.linspace(0, size, parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 @contextlib.contextmanager

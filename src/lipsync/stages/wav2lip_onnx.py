@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.errors import ModelError
+from lipsync.models.device import cpu_session_options
 from lipsync.stages.lipsync import FACE_SIZE, build_inputs, default_batch_size
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,9 @@ class OnnxMouthGenerator:
         self.batch_size = int(batch_size or default_batch_size("cpu"))
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # beside other stages
-        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), cpu_session_options(threads),
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
         except Exception as exc:  # onnxruntime's own untyped errors for a truncated or foreign file
             raise ModelError(f"cannot load the Wav2Lip export {self.path}: {exc}") from exc
 
