@@ -289,17 +289,81 @@ def test_feathered_fallback_seam_is_soft(face):
     assert mouth.min() >= 0.95 * 86
 
 
-@pytest.mark.parametrize(("h", "w"), [(241, 190), (64, 48), (30, 400)])
+@pytest.mark.parametrize(("h", "w"), [(241, 190), (64, 48), (30, 400), (292, 181)])
 def test_poisson_on_the_mask_rectangle_equals_the_whole_region_solve(h, w):
-    """The solve runs on the mask's bounding rectangle plus a margin; inside the mask it must give the
-    pixels of seamlessClone over the whole region."""
+    """The solve runs on the mask's (grown) bounding rectangle plus a margin; inside the mask it must give
+    the pixels of seamlessClone over the whole region with the same mask."""
     rng = np.random.default_rng(h)
     region = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     crop = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     support = lower_face_mask(h, w) > 0
     binary = support.astype(np.uint8) * 255
-    x, y, bw, bh = cv2.boundingRect(binary)
+    x, y, bw, bh = composite_module._grown_rect(binary, cv2.boundingRect(binary))
+    binary[y, x] = binary[y + bh - 1, x + bw - 1] = 255  # as _poisson marks a grown rectangle
     whole = cv2.seamlessClone(crop, region, binary, (x + bw // 2, y + bh // 2), cv2.NORMAL_CLONE)
     got = composite_module._poisson(region, crop, support)
     assert got.shape == region.shape
     np.testing.assert_array_equal(got[support], whole[support])
+
+
+def test_dft_friendly_side_grows_a_little_to_a_cheaper_length():
+    side = composite_module.dft_friendly_side
+    cost = composite_module._dft_cost
+    assert side(179, 100) == 181  # 2*178 = 2^3 89 -> 2*180 = 2^3 3^2 5
+    assert side(168, 100) == 169  # 2*167 (prime 167) -> 2*168 = 2^4 3 7
+    assert side(181, 100) == 181  # already cheap
+    assert side(179, 0) == 179  # no room: unchanged
+    assert cost(2 * 166) > 3 * cost(2 * 168)  # a prime factor costs several times smooth radices
+    for n in range(3, 700):
+        got = side(n, 1000)
+        reach = max(4, int(n * 0.04))
+        assert n <= got <= n + reach, n
+        assert cost(2 * (got - 1)) == min(cost(2 * (m - 1)) for m in range(n, n + reach + 1)), n
+
+
+def test_grown_rect_keeps_clear_of_the_mask_and_inside_the_region():
+    support = np.ones((50, 50), bool)  # a full mask: no corner is clear of it
+    binary = support.astype(np.uint8) * 255
+    binary[0, :] = binary[-1, :] = binary[:, 0] = binary[:, -1] = 0
+    tight = cv2.boundingRect(binary)
+    assert composite_module._grown_rect(binary, tight) == tight
+    binary = (lower_face_mask(284, 181) > 0).astype(np.uint8) * 255
+    tight = cv2.boundingRect(binary)
+    x, y, w, h = composite_module._grown_rect(binary, tight)
+    assert (w, h) != tight[2:] and w >= tight[2] and h >= tight[3]
+    assert x >= 1 and y >= 1 and x + w <= 181 - 1 and y + h <= 284 - 1
+    assert x <= tight[0] and y <= tight[1] and x + w >= tight[0] + tight[2] and y + h >= tight[1] + tight[3]
+
+
+def test_grown_poisson_domain_moves_real_faces_by_few_grey_levels(shared_media, monkeypatch):
+    """Against the tight rectangle (today's seamlessClone domain): at most 3 grey levels anywhere, a
+    fraction of one on average, on real faces at several sizes with a brightness mismatch to spread."""
+    photos = []
+    for name, box in (("obama.jpg", (342, 95, 642, 415)), ("biden.jpg", None)):
+        try:
+            image = cv2.imread(str(shared_media(name)))
+        except pytest.skip.Exception:
+            continue
+        h, w = image.shape[:2]
+        photos.append((image, box or (w // 4, h // 5, 3 * w // 4, 4 * h // 5)))
+    if not photos:
+        pytest.skip("needs ../shared/media")
+    grew = 0
+    for image, (x1, y1, x2, y2) in photos:
+        for scale in (0.45, 0.6, 0.8, 1.0):
+            frame = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            box = Box(round(x1 * scale), round(y1 * scale), round(x2 * scale), round(y2 * scale))
+            # The "generated" face: the same face a little off in place and brightness, as Wav2Lip's is.
+            bx1, by1, bx2, by2 = (int(v) for v in box.as_list())
+            shifted = frame[by1 + 3 : by2 + 3, bx1 - 2 : bx2 - 2].astype(np.int16) + 12
+            crop = np.clip(shifted, 0, 255).astype(np.uint8)
+            grown = composite_face(frame, crop, box)
+            with monkeypatch.context() as m:
+                m.setattr(composite_module, "_grown_rect", lambda _binary, rect: rect)
+                tight = composite_face(frame, crop, box)
+            assert grown.method == tight.method == "poisson"
+            diff = np.abs(grown.frame.astype(int) - tight.frame)[by1:by2, bx1:bx2]
+            assert diff.max() <= 3, (scale, diff.max())
+            assert diff.mean() <= 0.3, (scale, diff.mean())
+            grew += bool(diff.any())
+    assert grew >= len(photos)  # the domain did grow (and so moved pixels) in most of these cases

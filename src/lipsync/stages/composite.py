@@ -147,15 +147,78 @@ def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 # Frame pixels kept around the mask's bounding rectangle for the Poisson solve (its boundary values).
 _POISSON_MARGIN = 2
+# seamlessClone solves over the mask's bounding rectangle (w x h) with sine transforms computed as DFTs of
+# lengths 2w - 2 and 2h - 2, and OpenCV's DFT is several times slower on lengths with a large prime factor
+# (measured: a 168x180 rectangle, lengths 2*167 and 2*179, 19 ms; 169x183 8 ms). The rectangle is grown
+# by a few frame pixels to the size within reach whose lengths are cheapest (_dft_cost).
+_GROW_MAX_FRACTION = 0.04  # of the side, at least _GROW_MIN pixels
+_GROW_MIN = 4
+# seamlessClone erodes the mask with a 7x7 square before taking the clone's gradients: a lone mask pixel
+# this far (Chebyshev) from every other mask pixel widens the solve without adding to the guidance.
+_ERODE_REACH = 3
+# Work per element of one DFT pass by radix: OpenCV has kernels for 2 (as 4), 3 and 5; any other prime
+# p goes through a generic butterfly of about p operations.
+_RADIX_COST = {2: 1.0, 3: 1.6, 5: 2.4}
+
+
+def _dft_cost(length: int) -> float:
+    """Relative cost of a DFT of ``length``: length times the sum of its prime factors' radix costs."""
+    n, total, factor = length, 0.0, 2
+    while factor * factor <= n:
+        while n % factor == 0:
+            total += _RADIX_COST.get(factor, float(factor))
+            n //= factor
+        factor += 1
+    if n > 1:
+        total += _RADIX_COST.get(n, float(n))
+    return length * total
+
+
+def dft_friendly_side(n: int, room: int) -> int:
+    """The side in ``[n, n + reach]`` whose sine transform (a DFT of length 2 * (side - 1)) costs least,
+    the reach being ``room`` or _GROW_MAX_FRACTION of ``n`` (at least _GROW_MIN), whichever is less;
+    the smallest of equals."""
+    if n < 3:
+        return n
+    reach = max(0, min(room, max(_GROW_MIN, int(n * _GROW_MAX_FRACTION))))
+    return min(range(n, n + reach + 1), key=lambda side: (_dft_cost(2 * (side - 1)), side))
+
+
+def _grown_rect(binary: np.ndarray, rect: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """``rect`` (x, y, w, h, the mask's bounding rectangle) grown to DFT-friendly sides, centred on it and
+    kept one pixel inside ``binary``; ``rect`` itself when the corners that would widen it are not clear
+    of the mask (see _ERODE_REACH)."""
+    x, y, w, h = rect
+    rows, cols = binary.shape
+    gw = dft_friendly_side(w, cols - 2 - w)
+    gh = dft_friendly_side(h, rows - 2 - h)
+    if (gw, gh) == (w, h):
+        return rect
+    nx = min(max(1, x - (gw - w) // 2), cols - 1 - gw)
+    ny = min(max(1, y - (gh - h) // 2), rows - 1 - gh)
+    r = _ERODE_REACH
+    for cy, cx in ((ny, nx), (ny + gh - 1, nx + gw - 1)):
+        if binary[max(0, cy - r) : cy + r + 1, max(0, cx - r) : cx + r + 1].any():
+            return rect
+    return nx, ny, gw, gh
 
 
 def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray) -> np.ndarray:
     """seamlessClone of ``crop`` into ``region`` (same size) over ``support``; returns the cloned region,
-    exact inside ``support`` (the only pixels the caller keeps; outside it, the region's own)."""
+    meant for the pixels inside ``support`` (the only ones the caller keeps; outside it, the region's own).
+
+    The solve's Dirichlet boundary is the mask's bounding rectangle grown by at most a few pixels of the
+    region (_grown_rect), marked by one mask pixel at two opposite corners: seamlessClone's 7x7 erosion
+    removes those from the guidance field, so only the boundary moves (measured on Chaplin's faces at
+    0.8-1.7x their size: the composited pixels move by at most 3 grey levels, 0.2 on average, against
+    the tight rectangle, and the solve takes 30-50 % less time)."""
     binary = support.astype(np.uint8) * 255
-    x, y, w, h = cv2.boundingRect(binary)
-    # Solve on the mask's bounding rectangle plus a margin, not the whole box: the same pixels inside
-    # the support (the solve only reads the boundary ring), about a fifth less work for a face mask.
+    tight = cv2.boundingRect(binary)
+    x, y, w, h = _grown_rect(binary, tight)
+    if (x, y, w, h) != tight:
+        binary[y, x] = binary[y + h - 1, x + w - 1] = 255
+    # Solve on that rectangle plus a margin, not the whole box: seamlessClone works on the mask's bounding
+    # rectangle whatever it is given, so the margin only saves the copying around it.
     m = _POISSON_MARGIN
     y0, y1 = max(0, y - m), min(region.shape[0], y + h + m)
     x0, x1 = max(0, x - m), min(region.shape[1], x + w + m)
