@@ -357,9 +357,9 @@ def test_generation_plan_splits_cpu_forwards_only():
 
 @pytest.mark.parametrize(("chars", "batch"), [(("red", "blue"), 8), ((), 5)])
 def test_side_by_side_forwards_give_the_serial_output_in_order(tmp_path, media, monkeypatch, chars, batch):
-    import lipsync.render.pipelined as pipelined_mod
+    import lipsync.render.stages as stages_mod
 
-    monkeypatch.setattr(pipelined_mod, "generation_plan", lambda g: (2, None))  # whatever the machine
+    monkeypatch.setattr(stages_mod, "generation_plan", lambda g: (2, None))  # whatever the machine
     characters = [Character(c, c.title(), (media[f"{c}_ref"],)) for c in chars]
     options = _options(loop_mode="crossfade", wav2lip_batch_size=batch)
     ref = serial_reference(
@@ -379,7 +379,7 @@ def test_side_by_side_forwards_give_the_serial_output_in_order(tmp_path, media, 
 
 
 def test_an_error_in_a_side_by_side_forward_surfaces_typed_with_no_thread_left(tmp_path, media, monkeypatch):
-    import lipsync.render.pipelined as pipelined_mod
+    import lipsync.render.stages as stages_mod
 
     class Failing(_CpuMouthMark):
         def __call__(self, faces, mels):
@@ -387,7 +387,7 @@ def test_an_error_in_a_side_by_side_forward_surfaces_typed_with_no_thread_left(t
                 raise ModelError("Wav2Lip failed")
             return super().__call__(faces, mels)
 
-    monkeypatch.setattr(pipelined_mod, "generation_plan", lambda g: (2, None))
+    monkeypatch.setattr(stages_mod, "generation_plan", lambda g: (2, None))
     before = _lipsync_threads()
     with pytest.raises(ModelError):
         pipelined(
@@ -424,3 +424,77 @@ def test_the_real_cpu_generator_side_by_side_matches_the_serial_render(tmp_path,
         int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)
     )
     assert len(out) == len(ref) and worst <= 1, worst
+
+
+class _LoadingLater(LipSyncPipeline):
+    """A pipeline whose generator is still loading when the job starts: it arrives after ``delay`` s, or
+    its load fails with ``error``."""
+
+    def __init__(self, generator, backend, delay: float, error: BaseException | None = None) -> None:
+        super().__init__(Settings(), face_backend=backend)
+        self.later, self.delay, self.error = generator, delay, error
+        self.arrived = 0.0
+
+    def load_generator_beside(self):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+
+        def arrive() -> None:
+            self.arrived = time.monotonic()
+            if self.error is not None:
+                future.set_exception(self.error)
+            else:
+                future.set_result(self.later)
+
+        threading.Timer(self.delay, arrive).start()
+        return future
+
+
+class _TimedBackend(ColorFaceBackend):
+    first = 0.0
+
+    def detect(self, frame_bgr):
+        self.first = self.first or time.monotonic()
+        return super().detect(frame_bgr)
+
+
+def test_decode_and_tracking_run_while_the_generator_loads(tmp_path, media):
+    options = _options(loop_mode="crossfade", wav2lip_batch_size=8)
+    ref = serial_reference(
+        media["two"], media["audio_2s"], tmp_path / "s.mp4", MouthMarkGenerator(), [], options
+    )
+    backend = _TimedBackend()
+    pipe = _LoadingLater(MouthMarkGenerator(), backend, delay=0.8)
+    result = pipe(LipSyncRequest(media["two"], media["audio_2s"], tmp_path / "p.mp4", (), options))
+    assert 0.0 < backend.first < pipe.arrived  # the tracker was at work before the generator came
+    assert result.stats.stage_seconds["load_models"] >= 0.3  # the generate stage's wait is counted
+    assert result.stats.device == "custom" and result.stats.batch_size == 8
+    out = decode_frames(result.output)
+    assert len(out) == len(ref)
+    assert all(np.array_equal(a, b) for a, b in zip(out, ref, strict=True))
+
+
+def test_a_generator_that_fails_to_load_fails_the_job_typed_with_no_file_and_no_thread(tmp_path, media):
+    before = _lipsync_threads()
+    pipe = _LoadingLater(None, ColorFaceBackend(), delay=0.3, error=ModelError("bad checkpoint"))
+    with pytest.raises(ModelError, match="bad checkpoint"):
+        pipe(LipSyncRequest(media["two"], media["audio_2s"], tmp_path / "o.mp4", (), _options()))
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".*partial*"))
+    assert _lipsync_threads() == before
+
+
+def test_a_job_cancelled_while_the_generator_loads_stops_within_a_second(tmp_path, media):
+    def cancel(stage, done, total):
+        if stage == "track" and done > 0:  # mid-run: the generate stage is waiting for the load
+            raise JobCancelled("cancelled")
+
+    pipe = _LoadingLater(MouthMarkGenerator(), ColorFaceBackend(), delay=30.0)
+    start = time.monotonic()
+    with pytest.raises(JobCancelled):
+        pipe(
+            LipSyncRequest(media["two"], media["audio_5s"], tmp_path / "o.mp4", (), _options()),
+            progress=cancel,
+        )
+    assert time.monotonic() - start < 5.0  # the 30 s load is not waited for
+    assert not (tmp_path / "o.mp4").exists()

@@ -182,26 +182,30 @@ class LipSyncPipeline(PipelineModels):
         for view in views:
             stats.characters[view.character_id] = CharacterStats(view.character_id, view.name)
 
-        with timer("load_models"):
-            generator = loading.result()
-        # 4 + 5. Track, generate, composite, enhance and encode, every stage on its own thread.
-        batch = int(options.wav2lip_batch_size or self.settings.batch_size or generator.batch_size)
+        # 4 + 5. Track, generate, composite, enhance and encode, every stage on its own thread. The
+        #        generator may still be loading: the render decodes and tracks meanwhile.
+        batch = int(options.wav2lip_batch_size or self.generator_batch_size())
         stats.batch_size = batch
-        stats.device = str(getattr(generator, "device", "custom"))
         output = Path(request.output)
-        render_pipelined(job, options, output, tracking, generator, enhancer, batch, timer, stats, report)
+        render_pipelined(job, options, output, tracking, loading, enhancer, batch, timer, stats, report)
+        generator = loading.result()
+        stats.device = str(getattr(generator, "device", "custom"))
         tracks = tracking.tracks if tracking.tracker is None else tracking.tracker.build()
         if tracking.leader is not None and not tracking.leader.used <= {tracking.tracker.leader()}:
             # Without characters the most prominent face is known only at the end; it changed after
             # frames were rendered with another, so render again with the final track (rare: two faces
             # of similar prominence). The result is the same as a batch tracker's.
-            log.info("the most prominent face changed during the render; rendering again with the final track")
+            log.info(
+                "the most prominent face changed during the render; rendering again with the final track"
+            )
             stats.reset_render()
             for track in tracks:
                 stats.characters[track.character_id] = CharacterStats(track.character_id, track.name)
             try:
                 again = Tracking(tracks=tracks)
-                render_pipelined(job, options, output, again, generator, enhancer, batch, timer, stats, report)
+                render_pipelined(
+                    job, options, output, again, generator, enhancer, batch, timer, stats, report
+                )
             except BaseException:
                 output.unlink(missing_ok=True)  # the first render's file showed the wrong face
                 raise
@@ -230,13 +234,13 @@ class LipSyncPipeline(PipelineModels):
             "wrote %s: %d frames, %d faces synced (%d poisson, %d feathered), %.2fx realtime",
             request.output, stats.frames, stats.faces_synced, stats.poisson, stats.feather, stats.realtime_factor,
         )  # fmt: skip
-        return LipSyncResult(
-            output=output, info=job.info, stats=stats, tracks=tracks, plan=job.plan
-        )
+        return LipSyncResult(output=output, info=job.info, stats=stats, tracks=tracks, plan=job.plan)
 
     # -- steps in detail ------------------------------------------------------------------------------
 
-    def _tracking(self, request: LipSyncRequest, job: RenderJob, backend: FaceBackend) -> tuple[Tracking, str | None]:
+    def _tracking(
+        self, request: LipSyncRequest, job: RenderJob, backend: FaceBackend
+    ) -> tuple[Tracking, str | None]:
         """Known tracks from the cache, or a streaming tracker (and the key to store its tracks under)."""
         characters = list(request.characters)
         options = TrackingOptions.from_job(request.options)
@@ -299,8 +303,9 @@ class LipSyncPipeline(PipelineModels):
         else:
             sound = tuple((v.path, v.field) for v in voices)
             out_rate = output_rate(voices)
-        return RenderJob(video, info, info.fps, source_frames, mode, plan, needed, voice_plan, sound, out_rate,
-                         offset)
+        return RenderJob(
+            video, info, info.fps, source_frames, mode, plan, needed, voice_plan, sound, out_rate, offset
+        )
 
     @staticmethod
     def _voice_stats(cstats: CharacterStats, job: RenderJob, index: int, track: Track) -> None:

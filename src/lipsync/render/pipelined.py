@@ -18,13 +18,15 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
 from lipsync.faces import StreamingTracker
 from lipsync.faces.tracking import ANONYMOUS_ID
 from lipsync.options import LipSyncOptions
-from lipsync.render.engine import FrameBudget, RunState, Stage, run_stages
+from lipsync.render.engine import POLL_S, FrameBudget, RunState, Stage, run_stages
 from lipsync.render.job import RenderJob
 from lipsync.render.serial import FRAME_BUFFER_BYTES, open_writer, partial_path
 from lipsync.render.stages import (
@@ -39,7 +41,7 @@ from lipsync.render.stages import (
 )
 from lipsync.render.stats import PipelineStats, StageTimer
 from lipsync.stages.enhance import FaceEnhancer
-from lipsync.stages.lipsync import MouthGenerator, generation_plan, torch_threads
+from lipsync.stages.lipsync import MouthGenerator
 from lipsync.types import Track
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -80,25 +82,26 @@ def chunk_frames(job: RenderJob, batch: int) -> int:
 
 
 def render_pipelined(
-    job: RenderJob, options: LipSyncOptions, output: Path, tracking: Tracking, generator: MouthGenerator,
-    enhancer: FaceEnhancer | None, batch: int, timer: StageTimer, stats: PipelineStats,
-    report: ProgressCallback,
+    job: RenderJob, options: LipSyncOptions, output: Path, tracking: Tracking,
+    generator: MouthGenerator | Future[MouthGenerator], enhancer: FaceEnhancer | None, batch: int,
+    timer: StageTimer, stats: PipelineStats, report: ProgressCallback,
 ) -> None:  # fmt: skip
-    """Render every output frame of ``job`` into ``output``; a failed run leaves no file there."""
+    """Render every output frame of ``job`` into ``output``; a failed run leaves no file there.
+    ``generator`` may be a Future of one still loading: decoding and tracking start at once, and the
+    generate stage waits for it (its load error is the run's error)."""
     output = Path(output)
     num_out = len(job.plan)
     chunk = chunk_frames(job, batch)
     state = RunState()
     budget = FrameBudget(state, PIPELINE_FRAME_BYTES)
     views = tracking.views()
-    workers, threads = generation_plan(generator)
     stages = [Stage("decode", decode_stage(job, timer), FRAME_DEPTH)]
     if tracking.tracker is not None:
         done = tracking.on_done or (lambda _t: None)
         stages.append(Stage("track", track_stage(tracking.tracker, timer, done), FRAME_DEPTH))
     stages += [
         Stage("frames", frames_stage(job, views, options, chunk, budget, timer, stats), BATCH_DEPTH),
-        Stage("generate", generate_stage(generator, batch, timer, workers), BATCH_DEPTH),
+        Stage("generate", generate_stage(_awaited(generator, state, timer), batch, timer), BATCH_DEPTH),
         Stage("composite", composite_stage(options, timer, stats), BATCH_DEPTH),
     ]
     if enhancer is not None:
@@ -120,8 +123,7 @@ def render_pipelined(
                 progress.finish()
 
             report("lipsync", 0, num_out)
-            with torch_threads(threads):
-                run_stages(stages, encode, state=state, idle=progress.tick)
+            run_stages(stages, encode, state=state, idle=progress.tick)
             report("encode", 0, 1)
             with timer("encode"):
                 stack.close()  # closing the writer flushes the encoder and muxes the audio
@@ -130,6 +132,25 @@ def render_pipelined(
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     report("encode", 1, 1)
+
+
+def _awaited(
+    generator: MouthGenerator | Future[MouthGenerator], state: RunState, timer: StageTimer
+) -> Callable[[], MouthGenerator]:
+    """The generator, waiting (as "load_models") for one still loading; a stopped run stops waiting."""
+
+    def get() -> MouthGenerator:
+        if not isinstance(generator, Future):
+            return generator
+        with timer("load_models"):
+            while True:
+                state.check()
+                try:
+                    return generator.result(timeout=POLL_S)
+                except FutureTimeout:
+                    continue
+
+    return get
 
 
 class _Progress:

@@ -35,7 +35,7 @@ from lipsync.render.serial import (
 from lipsync.render.stats import PipelineStats, StageTimer
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import render_plan_frame
-from lipsync.stages.lipsync import MouthGenerator, batch_parts
+from lipsync.stages.lipsync import MouthGenerator, batch_parts, generation_plan, torch_threads
 from lipsync.types import Track, TrackPoint
 
 # Decoded pictures the track stage holds while their faces are not final yet; beyond this the oldest
@@ -219,54 +219,65 @@ def frames_stage(
 
 
 def generate_stage(
-    generator: MouthGenerator, batch_size: int, timer: StageTimer, workers: int = 1
+    generator: Callable[[], MouthGenerator], batch_size: int, timer: StageTimer
 ) -> Callable[[Iterator[Batch]], Iterator[Batch]]:
-    """Wav2Lip on each batch. With ``workers`` > 1 (``generation_plan``: on a CPU), each batch is split into
-    that many parts run side by side, and the next batch starts while the last parts of this one finish:
-    single-threaded forwards side by side instead of one forward whose threads wait for each other at
-    every layer whenever another stage takes a core. Batches are handed on in order."""
-
-    def generate(faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        with timer("generate"):
-            return sync_generate(faces, mels, generator, batch_size)
+    """Wav2Lip on each batch. ``generator`` gives the network when the stage starts (it may still be
+    loading: the stages before this one decode and track meanwhile). Where ``generation_plan`` says so (a
+    CPU), each batch is split into parts run side by side, and the next batch starts while the last parts
+    of this one finish: single-threaded forwards side by side instead of one forward whose threads wait
+    for each other at every layer whenever another stage takes a core. Batches are handed on in order."""
 
     def run(inbox: Iterator[Batch]) -> Iterator[Batch]:
-        if workers <= 1:
-            for batch in inbox:
-                if batch.jobs:
-                    assert batch.faces is not None and batch.mels is not None
-                    batch.generated = generate(batch.faces, batch.mels)
-                    batch.faces = batch.mels = None
-                yield batch
-            return
-        with ThreadPoolExecutor(workers, "lipsync-generate-worker") as pool:
-            pending: deque[tuple[Batch, list[Future[np.ndarray]]]] = deque()
+        network = generator()
+        workers, threads = generation_plan(network)
 
-            def finish() -> Batch:
-                batch, parts = pending.popleft()
-                if parts:
-                    batch.generated = np.concatenate([part.result() for part in parts])
-                    batch.faces = batch.mels = None
-                return batch
+        def generate(faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+            with timer("generate"):
+                return sync_generate(faces, mels, network, batch_size)
 
-            try:
+        with torch_threads(threads):
+            if workers <= 1:
                 for batch in inbox:
-                    parts: list[Future[np.ndarray]] = []
                     if batch.jobs:
                         assert batch.faces is not None and batch.mels is not None
-                        parts = [pool.submit(generate, batch.faces[a:b], batch.mels[a:b])
-                                 for a, b in batch_parts(len(batch.faces), workers)]  # fmt: skip
-                    pending.append((batch, parts))
-                    if len(pending) > 1:
-                        yield finish()
-                while pending:
-                    yield finish()
-            finally:
-                for _, parts in pending:  # a stopped run: parts not started are dropped
-                    for part in parts:
-                        part.cancel()
+                        batch.generated = generate(batch.faces, batch.mels)
+                        batch.faces = batch.mels = None
+                    yield batch
+                return
+            yield from _side_by_side(inbox, generate, workers)
 
     return run
+
+
+def _side_by_side(
+    inbox: Iterator[Batch], generate: Callable[[np.ndarray, np.ndarray], np.ndarray], workers: int
+) -> Iterator[Batch]:
+    with ThreadPoolExecutor(workers, "lipsync-generate-worker") as pool:
+        pending: deque[tuple[Batch, list[Future[np.ndarray]]]] = deque()
+
+        def finish() -> Batch:
+            batch, parts = pending.popleft()
+            if parts:
+                batch.generated = np.concatenate([part.result() for part in parts])
+                batch.faces = batch.mels = None
+            return batch
+
+        try:
+            for batch in inbox:
+                parts: list[Future[np.ndarray]] = []
+                if batch.jobs:
+                    assert batch.faces is not None and batch.mels is not None
+                    parts = [pool.submit(generate, batch.faces[a:b], batch.mels[a:b])
+                             for a, b in batch_parts(len(batch.faces), workers)]  # fmt: skip
+                pending.append((batch, parts))
+                if len(pending) > 1:
+                    yield finish()
+            while pending:
+                yield finish()
+        finally:
+            for _, parts in pending:  # a stopped run: parts not started are dropped
+                for part in parts:
+                    part.cancel()
 
 
 def composite_stage(
