@@ -273,6 +273,34 @@ def test_another_checkpoint_file_gets_its_own_export(wav2lip_file, tmp_path):
     assert first == export_path(tmp_path, "wav2lip_gan", wav2lip_file)
 
 
+def test_the_checkpoint_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from lipsync.stages import wav2lip_onnx
+    from lipsync.stages.wav2lip_onnx import file_digest, known_digest
+
+    ckpt = tmp_path / "w.pth"
+    ckpt.write_bytes(b"weights" * 1000)
+    cache = tmp_path / "onnx"
+    hashed: list[Path] = []
+    real = wav2lip_onnx.file_digest
+    monkeypatch.setattr(wav2lip_onnx, "file_digest", lambda p: hashed.append(Path(p)) or real(p))
+    first = known_digest(cache, ckpt)
+    assert first == file_digest(ckpt) and len(hashed) == 1
+    assert known_digest(cache, ckpt) == first and len(hashed) == 1  # remembered: not hashed again
+    # Rewritten in place with the same size: a new mtime, so hashed again and a new digest.
+    st = ckpt.stat()
+    ckpt.write_bytes(b"WEIGHTS" * 1000)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    second = known_digest(cache, ckpt)
+    assert second != first and second == file_digest(ckpt) and len(hashed) == 2
+    # A damaged memo is ignored (and rewritten), never trusted.
+    (cache / "digests.json").write_text("{not json")
+    assert known_digest(cache, ckpt) == second and len(hashed) == 3
+    (cache / "digests.json").write_text('{"%s": {"stamp": "1:2:3", "sha256": "forged"}}' % ckpt.resolve())
+    assert known_digest(cache, ckpt) == second and len(hashed) == 4
+
+
 def test_the_pipeline_runs_onnxruntime_on_a_cpu_by_default_without_torch(wav2lip_file, tmp_path):
     import subprocess
     import sys
