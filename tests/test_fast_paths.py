@@ -274,6 +274,7 @@ def test_another_checkpoint_file_gets_its_own_export(wav2lip_file, tmp_path):
 
 
 def test_the_checkpoint_digest_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import json
     import os
 
     from lipsync.stages import wav2lip_onnx
@@ -297,7 +298,8 @@ def test_the_checkpoint_digest_is_remembered_until_the_file_changes(tmp_path, mo
     # A damaged memo is ignored (and rewritten), never trusted.
     (cache / "digests.json").write_text("{not json")
     assert known_digest(cache, ckpt) == second and len(hashed) == 3
-    (cache / "digests.json").write_text('{"%s": {"stamp": "1:2:3", "sha256": "forged"}}' % ckpt.resolve())
+    forged = {str(ckpt.resolve()): {"stamp": "1:2:3", "sha256": "forged"}}
+    (cache / "digests.json").write_text(json.dumps(forged))
     assert known_digest(cache, ckpt) == second and len(hashed) == 4
 
 
