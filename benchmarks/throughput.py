@@ -21,7 +21,9 @@ Whole process, Chaplin only: ``lipsync run`` as a fresh process (imports, model 
 PEER, the original Wav2Lip ``inference.py`` in its best case (``--box`` given, hard paste), run by
 ../shared/bench/peer_wav2lip.sh on the same clip, audio and checkpoint. The peer needs a git checkout of
 Rudrabha/Wav2Lip: its path is read from ``--peer-git`` or /work/notes/peer_path.txt; without one the row says
-why it was skipped. The issue's target: ours >= 2.0x the peer's fps. Start-up: wall time of
+why it was skipped. The peer runs once first, untimed (its first run pays librosa's numba compiles and cold
+libraries; ours is warmed by the clip rows), then ours and the peer's alternate ``--repeats`` times and
+the best of each is compared. The issue's target: ours >= 2.0x the peer's fps. Start-up: wall time of
 ``lipsync run --help``, and of a run until its first decoded frame.
 
 Memory: the end-to-end job on a 1-minute and a 10-minute synthetic clip (``--rss-minutes``), each in its own
@@ -33,7 +35,7 @@ ships the larger SCRFD-10G, whose weights are not in the store) and an ArcFace I
 with random weights (benchmarks/_arcface.py); ``--faces dlib`` uses the offline dlib backend, as the issue's
 first measurement did. The tracking cache is off except in the whole-process "second run" rows.
 
-Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,480p,720p,1080p]
+Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,480p,720p,1080p] [--repeats 2]
         [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer]
 Writes benchmarks/results/throughput.json.
 """
@@ -285,6 +287,12 @@ def main() -> None:
     parser.add_argument("--rss-minutes", default=None, help="the two lengths for the memory rows (1,10)")
     parser.add_argument("--peer-git", default=None)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="interleaved whole-process runs of ours and the peer's; the best of each is compared",
+    )
     parser.add_argument("--faces", choices=("insightface", "dlib"), default="insightface",
                         help="insightface: the real SCRFD-2.5G of ../shared/models with a random-weight ArcFace "
                              "of the real size (the production path); dlib: the offline backend")  # fmt: skip
@@ -333,18 +341,34 @@ def main() -> None:
             print(json.dumps(report["clips"][-1]), file=sys.stderr, flush=True)
         chaplin = next((s for s in specs if s["clip"] == "chaplin"), None)
         if chaplin is not None:
-            ours = whole_process(chaplin, work / "whole_stats.json")
+            box_file = Path(chaplin["box_out"])
+            git = peer_git(args.peer_git)
+            if args.no_peer:
+                skipped = "--no-peer"
+            elif not box_file.exists():
+                skipped = "no box: the Chaplin clip row failed"
+            else:
+                skipped = None
+            box = json.loads(box_file.read_text()) if skipped is None else None
+            if skipped is None:
+                # The peer's first run pays for its first imports (librosa's numba compiles, cold .so
+                # files: 41 s against 22 s warm, measured): warmed once, as ours is by the clip rows.
+                peer(chaplin, box, git)
+            ours_runs, peer_runs = [], []
+            for _ in range(max(1, args.repeats)):  # interleaved, so a slow spell of the VM hits both
+                ours_runs.append(whole_process(chaplin, work / "whole_stats.json"))
+                if skipped is None:
+                    peer_runs.append(peer(chaplin, box, git))
+            ours = _best(ours_runs)
+            theirs = _best(peer_runs) if peer_runs else {"row": "peer", "skipped": skipped}
             report["whole_process"].append(ours)
             # The same video again (a second language): its tracks come from the cache.
-            report["whole_process"].append(whole_process(chaplin, work / "whole_stats2.json", cache=work / "tc"))
-            report["whole_process"].append(whole_process(chaplin, work / "whole_stats3.json", cache=work / "tc"))
-            box_file = Path(chaplin["box_out"])
-            if args.no_peer:
-                theirs = {"row": "peer", "skipped": "--no-peer"}
-            elif not box_file.exists():
-                theirs = {"row": "peer", "skipped": "no box: the Chaplin clip row failed"}
-            else:
-                theirs = peer(chaplin, json.loads(box_file.read_text()), peer_git(args.peer_git))
+            report["whole_process"].append(
+                whole_process(chaplin, work / "whole_stats2.json", cache=work / "tc")
+            )
+            report["whole_process"].append(
+                whole_process(chaplin, work / "whole_stats3.json", cache=work / "tc")
+            )
             report["whole_process"].append(theirs)
             if "fps" in ours and "fps" in theirs:
                 report["ours_over_peer"] = round(ours["fps"] / theirs["fps"], 2)
@@ -366,6 +390,16 @@ def main() -> None:
     out = RESULTS_DIR / "throughput.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _best(rows: list[dict]) -> dict:
+    """The fastest of repeated whole-process rows, with every run's wall time."""
+    done = [r for r in rows if "fps" in r]
+    if not done:
+        return rows[-1]
+    best = dict(max(done, key=lambda r: r["fps"]))
+    best["walls_s"] = [r.get("wall_s") for r in rows]
+    return best
 
 
 def print_report(report: dict) -> None:
