@@ -498,3 +498,70 @@ def test_a_job_cancelled_while_the_generator_loads_stops_within_a_second(tmp_pat
         )
     assert time.monotonic() - start < 5.0  # the 30 s load is not waited for
     assert not (tmp_path / "o.mp4").exists()
+
+
+class _CropOnDevice(LipSyncPipeline):
+    """A pipeline that cuts the faces on the generator's device, as on CUDA (here the CPU device)."""
+
+    def device_crop(self, job) -> bool:
+        return job.occlusion is None
+
+
+def test_device_crops_of_a_generator_that_cannot_crop_are_made_on_the_host(tmp_path, media):
+    options = _options(loop_mode="crossfade", wav2lip_batch_size=8)
+    ref = serial_reference(
+        media["two"], media["audio_2s"], tmp_path / "s.mp4", MouthMarkGenerator(), [], options
+    )
+    pipe = _CropOnDevice(Settings(), generator=MouthMarkGenerator(), face_backend=ColorFaceBackend())
+    result = pipe(LipSyncRequest(media["two"], media["audio_2s"], tmp_path / "p.mp4", (), options))
+    out = decode_frames(result.output)
+    assert len(out) == len(ref) and all(np.array_equal(a, b) for a, b in zip(out, ref, strict=True))
+
+
+def test_the_generator_crops_on_its_device_and_matches_its_host_call(tmp_path, media, monkeypatch):
+    """The CUDA path's device crop, run on the CPU device: the same mouths as the generator called on
+    the same crops cut by crop_faces_torch, and a render through it touches only the face boxes."""
+    import torch
+
+    import lipsync.render.stages as stages_mod
+    from lipsync.models import load_network
+    from lipsync.stages.align_crop import crop_faces_torch
+    from lipsync.stages.lipsync import Wav2LipGenerator
+    from pipeline_fixtures import write_random_wav2lip
+
+    ckpt = write_random_wav2lip(tmp_path / "w.pth", seed=3)
+    generator = Wav2LipGenerator(load_network("wav2lip_gan", ckpt, device="cpu"), "cpu", batch_size=4)
+    frames = decode_frames(media["two"])[:3]
+    options = _options(loop_mode="none", wav2lip_batch_size=8)
+    host = pipelined(media["two"], media["audio_2s"], tmp_path / "h.mp4", generator, [], options)
+    from lipsync.stages.align_crop import face_crop
+
+    h, w = frames[0].shape[:2]
+    points = [host.tracks[0].get(i) for i in (0, 1, 2, 2)]
+    crops = [face_crop(p.box, p.landmarks, PADS, w, h) for p in points]
+    slots = [0, 1, 2, 2]
+    mels = np.random.default_rng(0).standard_normal((4, 80, 16)).astype(np.float32)
+    got = generator.generate_crops(frames, slots, crops, mels)
+    faces = crop_faces_torch(torch.from_numpy(np.stack(frames)), slots, crops).numpy()
+    np.testing.assert_array_equal(got, generator(faces, mels))
+    with pytest.raises(ValueError, match="mel"):
+        generator.generate_crops(frames, slots, crops, mels[:2])
+
+    calls = []
+    real = generator.generate_crops
+    monkeypatch.setattr(
+        generator, "generate_crops", lambda *a: calls.append(len(a[1])) or real(*a), raising=False
+    )
+    monkeypatch.setattr(stages_mod, "generation_plan", lambda g: (1, None))  # one forward, as on CUDA
+    crop_pipe = _CropOnDevice(Settings(), generator=generator, face_backend=ColorFaceBackend())
+    device = crop_pipe(LipSyncRequest(media["two"], media["audio_2s"], tmp_path / "d.mp4", (), options))
+    assert sum(calls) == device.stats.faces_synced > 0  # every face went through the device crop
+    a, b = decode_frames(host.output), decode_frames(device.output)
+    assert len(a) == len(b)
+    for k, (x, y) in enumerate(zip(a, b, strict=True)):
+        point = device.tracks[0].get(k)
+        outside = np.ones(x.shape[:2], bool)
+        if point is not None:
+            x1, y1, x2, y2 = (int(v) for v in point.box.as_list())
+            outside[max(0, y1 - 40) : y2 + 40, max(0, x1 - 40) : x2 + 40] = False
+        assert np.abs(x.astype(int) - y)[outside].max() <= 2, k  # only the face region differs (codec noise)

@@ -49,6 +49,7 @@ from lipsync.media import (
     check_output_frames,
     source_audio_offset,
 )
+from lipsync.models import device_kind
 from lipsync.options import LipSyncOptions, TrackOptions
 from lipsync.pipeline_models import PipelineModels
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer
@@ -187,7 +188,10 @@ class LipSyncPipeline(PipelineModels):
         batch = int(options.wav2lip_batch_size or self.generator_batch_size())
         stats.batch_size = batch
         output = Path(request.output)
-        render_pipelined(job, options, output, tracking, loading, enhancer, batch, timer, stats, report)
+        crop = self.device_crop(job)
+        render_pipelined(
+            job, options, output, tracking, loading, enhancer, batch, timer, stats, report, device_crop=crop
+        )
         generator = loading.result()
         stats.device = str(getattr(generator, "device", "custom"))
         tracks = tracking.tracks if tracking.tracker is None else tracking.tracker.build()
@@ -203,9 +207,8 @@ class LipSyncPipeline(PipelineModels):
                 stats.characters[track.character_id] = CharacterStats(track.character_id, track.name)
             try:
                 again = Tracking(tracks=tracks)
-                render_pipelined(
-                    job, options, output, again, generator, enhancer, batch, timer, stats, report
-                )
+                render_pipelined(job, options, output, again, generator, enhancer, batch, timer, stats, report,
+                                 device_crop=crop)  # fmt: skip
             except BaseException:
                 output.unlink(missing_ok=True)  # the first render's file showed the wrong face
                 raise
@@ -237,6 +240,11 @@ class LipSyncPipeline(PipelineModels):
         return LipSyncResult(output=output, info=job.info, stats=stats, tracks=tracks, plan=job.plan)
 
     # -- steps in detail ------------------------------------------------------------------------------
+
+    def device_crop(self, job: RenderJob) -> bool:
+        """Whether the faces are cut and resized on the generator's device: on CUDA, unless an occlusion
+        masker needs the crops on the host (a generator that cannot crop gets host crops anyway)."""
+        return job.occlusion is None and device_kind(self.device) == "cuda"
 
     def _tracking(
         self, request: LipSyncRequest, job: RenderJob, backend: FaceBackend

@@ -84,11 +84,13 @@ def chunk_frames(job: RenderJob, batch: int) -> int:
 def render_pipelined(
     job: RenderJob, options: LipSyncOptions, output: Path, tracking: Tracking,
     generator: MouthGenerator | Future[MouthGenerator], enhancer: FaceEnhancer | None, batch: int,
-    timer: StageTimer, stats: PipelineStats, report: ProgressCallback,
+    timer: StageTimer, stats: PipelineStats, report: ProgressCallback, *, device_crop: bool = False,
 ) -> None:  # fmt: skip
     """Render every output frame of ``job`` into ``output``; a failed run leaves no file there.
     ``generator`` may be a Future of one still loading: decoding and tracking start at once, and the
-    generate stage waits for it (its load error is the run's error)."""
+    generate stage waits for it (its load error is the run's error). ``device_crop``: the faces are cut
+    and resized on the generator's device (CUDA) when it can (``generate_crops``) and no occlusion masker
+    needs them on the host."""
     output = Path(output)
     num_out = len(job.plan)
     chunk = chunk_frames(job, batch)
@@ -100,7 +102,9 @@ def render_pipelined(
         done = tracking.on_done or (lambda _t: None)
         stages.append(Stage("track", track_stage(tracking.tracker, timer, done), FRAME_DEPTH))
     stages += [
-        Stage("frames", frames_stage(job, views, options, chunk, budget, timer, stats), BATCH_DEPTH),
+        Stage(
+            "frames", frames_stage(job, views, options, chunk, budget, timer, stats, device_crop), BATCH_DEPTH
+        ),
         Stage("generate", generate_stage(_awaited(generator, state, timer), batch, timer), BATCH_DEPTH),
         Stage("composite", composite_stage(options, timer, stats), BATCH_DEPTH),
     ]

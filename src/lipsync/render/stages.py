@@ -33,6 +33,7 @@ from lipsync.render.serial import (
     sync_visible,
 )
 from lipsync.render.stats import PipelineStats, StageTimer
+from lipsync.stages.align_crop import crop_face
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import render_plan_frame
 from lipsync.stages.lipsync import MouthGenerator, batch_parts, generation_plan, torch_threads
@@ -187,9 +188,10 @@ class SourceFrames:
 
 def frames_stage(
     job: RenderJob, views: Sequence[Track], options: LipSyncOptions, chunk: int, budget: FrameBudget,
-    timer: StageTimer, stats: PipelineStats,
+    timer: StageTimer, stats: PipelineStats, device_crop: bool = False,
 ) -> Callable[[Iterator[SourceItem]], Iterator[Batch]]:  # fmt: skip
-    """Output frames from the plan, in batches of ``chunk``, with the faces to sync cropped."""
+    """Output frames from the plan, in batches of ``chunk``, with the faces to sync cropped; with
+    ``device_crop`` (CUDA, no occlusion masker) only their mel windows: the generator crops on its device."""
     width, height = job.info.display_width, job.info.display_height
     frame_bytes = width * height * 3
 
@@ -205,7 +207,12 @@ def frames_stage(
                     job.plan, start, stop, views, options.pads_tuple, width, height, stats, job.voices
                 )
                 batch = Batch(start, stop, frames, jobs, nbytes)
-                if jobs:
+                if jobs and device_crop and job.occlusion is None:
+                    with timer("prepare_faces"):
+                        batch.mels = job.voices.mel_windows(
+                            [j.character for j in jobs], [start + j.slot for j in jobs]
+                        )
+                elif jobs:
                     with timer("prepare_faces"):
                         batch.faces, batch.mels = sync_prepare(frames, jobs, start, job)
                     with timer("occlusion"):
@@ -235,16 +242,32 @@ def generate_stage(
             with timer("generate"):
                 return sync_generate(faces, mels, network, batch_size)
 
+        crops_on_device = getattr(network, "generate_crops", None)
+
+        def host_crops(batch: Batch) -> Batch:
+            # A batch left uncropped for a generator that cannot crop (or runs side by side): crop here.
+            if batch.jobs and batch.faces is None:
+                with timer("prepare_faces"):
+                    batch.faces = np.stack([crop_face(batch.frames[j.slot], j.aligned) for j in batch.jobs])
+            return batch
+
         with torch_threads(threads):
             if workers <= 1:
                 for batch in inbox:
-                    if batch.jobs:
+                    if batch.jobs and batch.faces is None and crops_on_device is not None:
+                        assert batch.mels is not None
+                        with timer("generate"):
+                            batch.generated = crops_on_device(batch.frames, [j.slot for j in batch.jobs],
+                                                              [j.aligned for j in batch.jobs], batch.mels)  # fmt: skip
+                        batch.mels = None
+                    elif batch.jobs:
+                        host_crops(batch)
                         assert batch.faces is not None and batch.mels is not None
                         batch.generated = generate(batch.faces, batch.mels)
                         batch.faces = batch.mels = None
                     yield batch
                 return
-            yield from _side_by_side(inbox, generate, workers)
+            yield from _side_by_side(map(host_crops, inbox), generate, workers)
 
     return run
 

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
@@ -27,6 +27,8 @@ from lipsync.types import Box
 if TYPE_CHECKING:  # torch is imported on use: the run path reaches its first frame without it
     import torch
     from torch import nn
+
+    from lipsync.stages.align_crop import FaceCrop
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +130,48 @@ class Wav2LipGenerator:
         self._staging = PinnedStaging() if self.device.type == "cuda" else None
 
     def __call__(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        import torch
-
         if len(faces) != len(mels):
             raise ValueError(f"{len(faces)} faces but {len(mels)} mel windows")
         if len(faces) == 0:
             return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
-        inputs = build_inputs(faces)
+        return self._generate(faces, mels)
+
+    def generate_crops(
+        self, frames: Sequence[np.ndarray], slots: Sequence[int], crops: Sequence[FaceCrop], mels: np.ndarray
+    ) -> np.ndarray:
+        """The mouths of ``crops`` (``slots[k]``: the frame in ``frames`` that crop k is cut from), cut and
+        resized to 96x96 on this generator's device (``crop_faces_torch``): on CUDA the frames a batch
+        uses go up once, through a pinned buffer, and the crops never exist on the host."""
+        import torch
+
+        from lipsync.stages.align_crop import crop_faces_torch
+
+        if len(slots) != len(crops) or len(crops) != len(mels):
+            raise ValueError(f"{len(slots)} slots, {len(crops)} crops and {len(mels)} mel windows")
+        if len(crops) == 0:
+            return np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+        used = sorted(set(slots))
+        where = {slot: i for i, slot in enumerate(used)}
+        host = torch.from_numpy(np.stack([frames[slot] for slot in used]))
+        with torch.inference_mode():
+            if self._staging is not None:
+                on_device = self._staging.upload("frames", host).to(self.device, non_blocking=True)
+            else:
+                on_device = host.to(self.device)
+            faces = crop_faces_torch(on_device, [where[slot] for slot in slots], crops)
+        return self._generate(faces, mels)
+
+    def _generate(self, faces, mels: np.ndarray) -> np.ndarray:
+        """``faces``: (N, 96, 96, 3) uint8, a host array or a tensor on the device."""
+        import torch
+
         mel_in = np.ascontiguousarray(mels, dtype=np.float32)[:, None]
         out = np.empty((len(faces), FACE_SIZE, FACE_SIZE, 3), np.uint8)
         start = 0
         while start < len(faces):
             stop = min(len(faces), start + self.batch_size)
             try:
-                out[start:stop] = self._forward(inputs[start:stop], mel_in[start:stop])
+                out[start:stop] = self._forward(faces[start:stop], mel_in[start:stop])
             except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                 if not is_oom(exc) or self.batch_size == 1:
                     raise
@@ -153,11 +183,17 @@ class Wav2LipGenerator:
             start = stop
         return out
 
-    def _forward(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+    def _forward(self, faces, mels: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            face_t = self._to_device("face", faces)
+            if isinstance(faces, np.ndarray):
+                face_t = self._to_device("face", build_inputs(faces))
+            else:  # already on the device: build_inputs' arithmetic there
+                masked = faces.clone()
+                masked[:, FACE_SIZE // 2 :] = 0
+                stacked = torch.cat([masked, faces], dim=3).float() / 255.0
+                face_t = stacked.permute(0, 3, 1, 2).to(self.dtype)
             face_t = face_t.contiguous(memory_format=self.memory_format)
             mel_t = self._to_device("mel", mels)
             pred = self.net(mel_t, face_t)
