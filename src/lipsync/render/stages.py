@@ -256,9 +256,13 @@ def generate_stage(
                 for batch in inbox:
                     if batch.jobs and batch.faces is None and crops_on_device is not None:
                         assert batch.mels is not None
-                        with timer("generate"):
-                            batch.generated = crops_on_device(batch.frames, [j.slot for j in batch.jobs],
-                                                              [j.aligned for j in batch.jobs], batch.mels)  # fmt: skip
+                        slots, crops = [j.slot for j in batch.jobs], [j.aligned for j in batch.jobs]
+                        with timer("generate"):  # in the job's batch size, as sync_generate goes
+                            batch.generated = np.concatenate([
+                                crops_on_device(batch.frames, slots[k : k + batch_size], crops[k : k + batch_size],
+                                                batch.mels[k : k + batch_size])
+                                for k in range(0, len(slots), batch_size)
+                            ])  # fmt: skip
                         batch.mels = None
                     elif batch.jobs:
                         host_crops(batch)
