@@ -45,7 +45,12 @@ def synthetic_face(angle: float, centre=(320.0, 240.0), scale: float = 2.0) -> t
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     rot = np.array([[c, -s], [s, c]])
     pts = (ARCFACE_TEMPLATE - [tcx, tcy]) * scale @ rot.T + centre
-    box = Box(centre[0] - tw * scale / 2, centre[1] - th * scale / 2, centre[0] + tw * scale / 2, centre[1] + th * scale / 2)
+    box = Box(
+        centre[0] - tw * scale / 2,
+        centre[1] - th * scale / 2,
+        centre[0] + tw * scale / 2,
+        centre[1] + th * scale / 2,
+    )
     return box, pts.astype(np.float32)
 
 
@@ -92,7 +97,9 @@ def test_turned_face_is_levelled_at_the_same_scale_and_centre(angle):
     pts = crop.to_crop(lm)
     template_tilt = (ARCFACE_TEMPLATE[1, 1] - ARCFACE_TEMPLATE[0, 1]) * 2.0  # the template's own, 0.4 px
     assert abs((pts[1, 1] - pts[0, 1]) - template_tilt) < 1e-3, "eyes level"
-    assert pts[0, 0] < pts[1, 0] and pts[3:, 1].min() > pts[:2, 1].max(), "upright: eyes left-right, mouth below"
+    assert pts[0, 0] < pts[1, 0] and pts[3:, 1].min() > pts[:2, 1].max(), (
+        "upright: eyes left-right, mouth below"
+    )
     # Same scale and place as the upright face's padded box (pads in the face's own frame).
     assert (crop.width, crop.height) == (upright.width, upright.height)
     assert np.allclose(pts, upright.to_crop(lm0), atol=0.51)
@@ -116,7 +123,9 @@ def test_tilting_face_keeps_a_stable_crop():
         mouth = lm[3:].mean(axis=0)
         mouths.append(crop.to_crop(mouth[None])[0] * [FACE_SIZE / crop.width, FACE_SIZE / crop.height])
         padded = box.padded(PADS, W, H)
-        axis_aligned.append((mouth - [padded.x1, padded.y1]) * [FACE_SIZE / padded.width, FACE_SIZE / padded.height])
+        axis_aligned.append(
+            (mouth - [padded.x1, padded.y1]) * [FACE_SIZE / padded.width, FACE_SIZE / padded.height]
+        )
     mouths, axis_aligned = np.array(mouths), np.array(axis_aligned)
     assert np.abs(mouths - mouths.mean(axis=0)).max() <= 1.0
     assert np.abs(axis_aligned - axis_aligned.mean(axis=0)).max() > 5.0  # what today's crop does
@@ -224,7 +233,10 @@ def test_occlusion_mask_keeps_generated_pixels_out_of_the_marked_region(angle):
     # Frame pixels whose place in the 96x96 crop is inside the marked region (one pixel in from its edge,
     # the reach of the bilinear resize and warp) keep the frame's values exactly ...
     ys, xs = np.mgrid[0:H, 0:W]
-    pts = crop.to_crop(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)) * [FACE_SIZE / crop.width, FACE_SIZE / crop.height]
+    pts = crop.to_crop(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)) * [
+        FACE_SIZE / crop.width,
+        FACE_SIZE / crop.height,
+    ]
     u, v = pts[:, 0].reshape(H, W), pts[:, 1].reshape(H, W)
     covered = (u > cols.start + 1) & (u < cols.stop - 1) & (v > rows.start + 1) & (v < rows.stop - 1)
     assert covered.sum() > 500
@@ -250,7 +262,11 @@ def test_face_jobs_count_turned_and_out_of_pose_faces():
 def test_pose_of_a_frontal_and_a_turned_face():
     _, lm = synthetic_face(70.0)
     pose = estimate_pose(lm)
-    assert pose.roll == pytest.approx(70.0, abs=1e-4) and abs(pose.yaw) < 1.0 and pose.scale == pytest.approx(2.0)
+    assert (
+        pose.roll == pytest.approx(70.0, abs=1e-4)
+        and abs(pose.yaw) < 1.0
+        and pose.scale == pytest.approx(2.0)
+    )
     assert pose.beyond_limits() and not estimate_pose(synthetic_face(10.0)[1]).beyond_limits()
 
 
@@ -269,7 +285,11 @@ def _torch_vs_opencv(device: str) -> None:
     assert out.shape == (5, FACE_SIZE, FACE_SIZE, 3) and out.dtype == np.uint8
     for k, crop in enumerate(crops):
         ref = cv2.warpAffine(
-            frame, crop.matrix96(), (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            frame,
+            crop.matrix96(),
+            (FACE_SIZE, FACE_SIZE),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
         )
         diff = np.abs(out[k].astype(int) - ref.astype(int))
         assert diff.max() <= 1, f"crop {k}: {diff.max()}"
@@ -286,6 +306,29 @@ def test_torch_crop_matches_opencv_on_cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     _torch_vs_opencv("cuda")
+
+
+def test_area_averaged_torch_crop_is_closer_to_the_host_crop_on_large_faces(shared_media):
+    """The render's device crop (area=True) against crop_face (INTER_AREA): real faces shrunk 2-4x."""
+    image = cv2.imread(str(shared_media("obama.jpg")))
+    h, w = image.shape[:2]
+    frames = torch.from_numpy(image[None].copy())
+    crops = []
+    for side, angle in ((200, 0.0), (300, 0.0), (380, 0.0), (300, 30.0)):
+        box = Box(492 - side / 2, 255 - side / 2 * 1.1, 492 + side / 2, 255 + side / 2 * 1.1)
+        centre = np.array([(box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2])
+        rad = np.deg2rad(angle)
+        rot = np.array([[np.cos(rad), -np.sin(rad)], [np.sin(rad), np.cos(rad)]])
+        # Five landmarks of an upright template face, turned by ``angle`` about the box centre.
+        template = np.array([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.05], [-0.15, 0.25], [0.15, 0.25]]) * side
+        crops.append(face_crop(box, (template @ rot.T + centre).astype(np.float32), PADS, w, h))
+    straight = crop_faces_torch(frames, [0] * len(crops), crops).numpy()
+    averaged = crop_faces_torch(frames, [0] * len(crops), crops, area=True).numpy()
+    for k, crop in enumerate(crops):
+        host = crop_face(image, crop).astype(int)
+        d_avg, d_straight = np.abs(averaged[k] - host).mean(), np.abs(straight[k] - host).mean()
+        assert d_avg < 2.0, (k, d_avg)
+        assert d_avg < d_straight, (k, d_avg, d_straight)
 
 
 def test_torch_crop_checks_its_inputs():

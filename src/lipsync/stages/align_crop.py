@@ -70,9 +70,7 @@ class FaceCrop:
 
     def matrix96(self) -> np.ndarray:
         """Frame pixels -> 96x96 input pixels (pixel centres kept, as cv2.resize maps them)."""
-        sx, sy = FACE_SIZE / self.width, FACE_SIZE / self.height
-        scale = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-        return (scale @ np.vstack([self.matrix, [0.0, 0.0, 1.0]]))[:2]
+        return _matrix_to(self, FACE_SIZE)
 
     def to_crop(self, points: np.ndarray) -> np.ndarray:
         """Frame points (N, 2) in crop pixels."""
@@ -195,7 +193,12 @@ def shrunk_ellipse(shrink: float) -> dict[str, float]:
 
 
 def paste_face(
-    frame: np.ndarray, generated: np.ndarray, crop: FaceCrop, mask: np.ndarray, *, poisson: bool = True,
+    frame: np.ndarray,
+    generated: np.ndarray,
+    crop: FaceCrop,
+    mask: np.ndarray,
+    *,
+    poisson: bool = True,
     feather_mask: np.ndarray | None = None,
 ) -> CompositeResult:
     """Paste one generated 96x96 face back: resized to the crop, warped by the inverse transform with its
@@ -213,6 +216,7 @@ def paste_face(
     size = (x2 - x1, y2 - y1)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped_face = cv2.warpAffine(face, local, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+
     def warp(m: np.ndarray) -> np.ndarray:
         return cv2.warpAffine(
             m.astype(np.float32), local, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
@@ -225,14 +229,17 @@ def paste_face(
 # --- the same crop as a torch op ------------------------------------------------------------------------
 
 
-def crop_faces_torch(frames, index: Sequence[int], crops: Sequence[FaceCrop], size: int = FACE_SIZE):
+def crop_faces_torch(frames, index: Sequence[int], crops: Sequence[FaceCrop], size: int = FACE_SIZE,
+                     *, area: bool = False):  # fmt: skip
     """96x96 crops of ``crops`` from ``frames`` (a uint8 (B, H, W, 3) torch tensor, on any device, e.g. the
-    CUDA device the generator runs on): one bilinear ``grid_sample`` per frame, edges replicated.
+    CUDA device the generator runs on): bilinear ``grid_sample``, edges replicated.
     ``index[k]`` is the frame of ``crops[k]``. Returns a uint8 (N, size, size, 3) tensor on that device.
 
-    It samples the frame straight at 96x96 (no area prefilter), so it matches ``cv2.warpAffine`` with
-    ``matrix96`` and INTER_LINEAR; against :func:`crop_face`'s INTER_AREA shrink it differs by the
-    aliasing of the straight shrink (measured in the faces benchmark)."""
+    Without ``area`` it samples the frame straight at 96x96 (no prefilter), so it matches
+    ``cv2.warpAffine`` with ``matrix96`` and INTER_LINEAR. With ``area`` (the render's choice) a crop that
+    shrinks by about k (2..AREA_MAX) is sampled at k*96 and averaged over k x k blocks, as
+    :func:`crop_face`'s INTER_AREA shrink averages, instead of aliasing the face's texture into the
+    network's input (measured in tests/test_align_crop.py against crop_face)."""
     import torch
     import torch.nn.functional as F
 
@@ -245,17 +252,38 @@ def crop_faces_torch(frames, index: Sequence[int], crops: Sequence[FaceCrop], si
     h, w = int(frames.shape[1]), int(frames.shape[2])
     # affine_grid works in normalised coordinates (align_corners=False: pixel i <-> (2i + 1) / n - 1).
     to_norm_in = np.array([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0, 0, 1.0]])
-    from_norm_out = np.array([[size / 2.0, 0.0, size / 2.0 - 0.5], [0.0, size / 2.0, size / 2.0 - 0.5], [0, 0, 1.0]])
+    factors = [_area_factor(crop, size) if area else 1 for crop in crops]
     thetas = np.empty((n, 2, 3), dtype=np.float32)
-    for k, crop in enumerate(crops):
-        inv = np.vstack([cv2.invertAffineTransform(crop.matrix96()), [0.0, 0.0, 1.0]])
+    for k, (crop, factor) in enumerate(zip(crops, factors, strict=True)):
+        side = size * factor
+        from_norm_out = np.array(
+            [[side / 2.0, 0.0, side / 2.0 - 0.5], [0.0, side / 2.0, side / 2.0 - 0.5], [0, 0, 1.0]]
+        )
+        inv = np.vstack([cv2.invertAffineTransform(_matrix_to(crop, side)), [0.0, 0.0, 1.0]])
         thetas[k] = (to_norm_in @ inv @ from_norm_out)[:2]
     theta = torch.from_numpy(thetas).to(frames.device)
-    order = np.asarray(index)
-    for f in np.unique(order):
-        ks = np.nonzero(order == f)[0]
-        src = frames[int(f)].permute(2, 0, 1)[None].float().expand(len(ks), -1, -1, -1)
-        grid = F.affine_grid(theta[ks], [len(ks), 3, size, size], align_corners=False)
+    order, scale = np.asarray(index), np.asarray(factors)
+    for f, factor in sorted({(int(a), int(b)) for a, b in zip(order, scale, strict=True)}):
+        ks = torch.from_numpy(np.nonzero((order == f) & (scale == factor))[0]).to(frames.device)
+        side = size * factor
+        src = frames[f].permute(2, 0, 1)[None].float().expand(len(ks), -1, -1, -1)
+        grid = F.affine_grid(theta[ks], [len(ks), 3, side, side], align_corners=False)
         sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if factor > 1:
+            sampled = F.avg_pool2d(sampled, factor)
         out[ks] = sampled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     return out
+
+
+AREA_MAX = 4  # the largest k x k block crop_faces_torch(area=True) averages (a 384-px face)
+
+
+def _area_factor(crop: FaceCrop, size: int) -> int:
+    return max(1, min(AREA_MAX, round(max(crop.width, crop.height) / size)))
+
+
+def _matrix_to(crop: FaceCrop, side: int) -> np.ndarray:
+    """Frame pixels -> ``side`` x ``side`` pixels of the crop (matrix96 for side 96)."""
+    sx, sy = side / crop.width, side / crop.height
+    scale = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+    return (scale @ np.vstack([crop.matrix, [0.0, 0.0, 1.0]]))[:2]

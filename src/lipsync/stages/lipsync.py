@@ -140,7 +140,7 @@ class Wav2LipGenerator:
         self, frames: Sequence[np.ndarray], slots: Sequence[int], crops: Sequence[FaceCrop], mels: np.ndarray
     ) -> np.ndarray:
         """The mouths of ``crops`` (``slots[k]``: the frame in ``frames`` that crop k is cut from), cut and
-        resized to 96x96 on this generator's device (``crop_faces_torch``): on CUDA the frames a batch
+        resized to 96x96 on this generator's device (``crop_faces_torch``, area-averaged): on CUDA the frames a batch
         uses go up once, through a pinned buffer, and the crops never exist on the host."""
         import torch
 
@@ -158,7 +158,7 @@ class Wav2LipGenerator:
                 on_device = self._staging.upload("frames", host).to(self.device, non_blocking=True)
             else:
                 on_device = host.to(self.device)
-            faces = crop_faces_torch(on_device, [where[slot] for slot in slots], crops)
+            faces = crop_faces_torch(on_device, [where[slot] for slot in slots], crops, area=True)
         return self._generate(faces, mels)
 
     def _generate(self, faces, mels: np.ndarray) -> np.ndarray:
