@@ -242,9 +242,9 @@ class LipSyncPipeline(PipelineModels):
     # -- steps in detail ------------------------------------------------------------------------------
 
     def device_crop(self, job: RenderJob) -> bool:
-        """Whether the faces are cut and resized on the generator's device: on CUDA, unless an occlusion
-        masker needs the crops on the host (a generator that cannot crop gets host crops anyway)."""
-        return job.occlusion is None and device_kind(self.device) == "cuda"
+        """Whether the faces are cut and resized on the generator's device: on CUDA (the render keeps host
+        crops where an occlusion masker reads them, or the generator cannot crop)."""
+        return device_kind(self.device) == "cuda"
 
     def _tracking(
         self, request: LipSyncRequest, job: RenderJob, backend: FaceBackend

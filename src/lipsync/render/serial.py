@@ -184,9 +184,17 @@ def sync_prepare(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The generator's inputs for the faces of one batch: 96x96 aligned crops and their mel windows, each
     face's window from its own character's track (gated by silence=closed)."""
-    faces = np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
-    mels = job.voices.mel_windows([j.character for j in jobs], [start + j.slot for j in jobs])
-    return faces, mels
+    return sync_crops(frames, jobs), sync_mels(jobs, start, job)
+
+
+def sync_crops(frames: list[np.ndarray], jobs: list[FaceJob]) -> np.ndarray:
+    """The 96x96 aligned crops of one batch's faces, cut on the host."""
+    return np.stack([crop_face(frames[j.slot], j.aligned) for j in jobs])
+
+
+def sync_mels(jobs: list[FaceJob], start: int, job: RenderJob) -> np.ndarray:
+    """Each face's mel window, from its own character's track (gated by silence=closed)."""
+    return job.voices.mel_windows([j.character for j in jobs], [start + j.slot for j in jobs])
 
 
 def sync_visible(faces: np.ndarray, job: RenderJob) -> list[np.ndarray | None]:
@@ -198,6 +206,17 @@ def sync_generate(faces: np.ndarray, mels: np.ndarray, generator: MouthGenerator
     return np.concatenate(
         [generator(faces[k : k + batch], mels[k : k + batch]) for k in range(0, len(faces), batch)]
     )
+
+
+def sync_generate_crops(
+    frames: list[np.ndarray], jobs: list[FaceJob], mels: np.ndarray, generate_crops, batch: int
+) -> np.ndarray:
+    """sync_generate for a generator that cuts the crops itself, on its device (``generate_crops``)."""
+    slots, crops = [j.slot for j in jobs], [j.aligned for j in jobs]
+    return np.concatenate([
+        generate_crops(frames, slots[k : k + batch], crops[k : k + batch], mels[k : k + batch])
+        for k in range(0, len(jobs), batch)
+    ])  # fmt: skip
 
 
 def sync_composite(

@@ -28,12 +28,14 @@ from lipsync.render.serial import (
     face_jobs,
     frame_source,
     sync_composite,
+    sync_crops,
     sync_generate,
+    sync_generate_crops,
+    sync_mels,
     sync_prepare,
     sync_visible,
 )
 from lipsync.render.stats import PipelineStats, StageTimer
-from lipsync.stages.align_crop import crop_face
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import render_plan_frame
 from lipsync.stages.lipsync import MouthGenerator, batch_parts, generation_plan, torch_threads
@@ -207,11 +209,9 @@ def frames_stage(
                     job.plan, start, stop, views, options.pads_tuple, width, height, stats, job.voices
                 )
                 batch = Batch(start, stop, frames, jobs, nbytes)
-                if jobs and device_crop and job.occlusion is None:
+                if jobs and device_crop and job.occlusion is None:  # the masker reads host crops
                     with timer("prepare_faces"):
-                        batch.mels = job.voices.mel_windows(
-                            [j.character for j in jobs], [start + j.slot for j in jobs]
-                        )
+                        batch.mels = sync_mels(jobs, start, job)
                 elif jobs:
                     with timer("prepare_faces"):
                         batch.faces, batch.mels = sync_prepare(frames, jobs, start, job)
@@ -248,7 +248,7 @@ def generate_stage(
             # A batch left uncropped for a generator that cannot crop (or runs side by side): crop here.
             if batch.jobs and batch.faces is None:
                 with timer("prepare_faces"):
-                    batch.faces = np.stack([crop_face(batch.frames[j.slot], j.aligned) for j in batch.jobs])
+                    batch.faces = sync_crops(batch.frames, batch.jobs)
             return batch
 
         with torch_threads(threads):
@@ -256,13 +256,9 @@ def generate_stage(
                 for batch in inbox:
                     if batch.jobs and batch.faces is None and crops_on_device is not None:
                         assert batch.mels is not None
-                        slots, crops = [j.slot for j in batch.jobs], [j.aligned for j in batch.jobs]
-                        with timer("generate"):  # in the job's batch size, as sync_generate goes
-                            batch.generated = np.concatenate([
-                                crops_on_device(batch.frames, slots[k : k + batch_size], crops[k : k + batch_size],
-                                                batch.mels[k : k + batch_size])
-                                for k in range(0, len(slots), batch_size)
-                            ])  # fmt: skip
+                        with timer("generate"):
+                            batch.generated = sync_generate_crops(batch.frames, batch.jobs, batch.mels,
+                                                                  crops_on_device, batch_size)  # fmt: skip
                         batch.mels = None
                     elif batch.jobs:
                         host_crops(batch)

@@ -209,9 +209,10 @@ def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray) -> np.nd
 
     The solve's Dirichlet boundary is the mask's bounding rectangle grown by at most a few pixels of the
     region (_grown_rect), marked by one mask pixel at two opposite corners: seamlessClone's 7x7 erosion
-    removes those from the guidance field, so only the boundary moves (measured on Chaplin's faces at
-    0.8-1.7x their size: the composited pixels move by at most 3 grey levels, 0.2 on average, against
-    the tight rectangle, and the solve takes 30-50 % less time)."""
+    removes those from the guidance field, so only the boundary moves (measured against the tight
+    rectangle on the shared photos at 0.45-1.5x their size: composited pixels move by at most 3 grey
+    levels, under 0.1 on average; Chaplin's face solves in 8 ms instead of 13-20, 40 random sizes in
+    0.80-0.83x the time)."""
     binary = support.astype(np.uint8) * 255
     tight = cv2.boundingRect(binary)
     x, y, w, h = _grown_rect(binary, tight)

@@ -75,6 +75,16 @@ def build_inputs(faces: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
 
 
+def build_inputs_torch(faces: torch.Tensor) -> torch.Tensor:
+    """build_inputs for a uint8 (N, 96, 96, 3) tensor, on its device (the faces cut there on CUDA)."""
+    import torch
+
+    masked = faces.clone()
+    masked[:, FACE_SIZE // 2 :] = 0
+    stacked = torch.cat([masked, faces], dim=3).float() / 255.0
+    return stacked.permute(0, 3, 1, 2)
+
+
 # --- forward --------------------------------------------------------------------------------------------
 
 
@@ -140,8 +150,8 @@ class Wav2LipGenerator:
         self, frames: Sequence[np.ndarray], slots: Sequence[int], crops: Sequence[FaceCrop], mels: np.ndarray
     ) -> np.ndarray:
         """The mouths of ``crops`` (``slots[k]``: the frame in ``frames`` that crop k is cut from), cut and
-        resized to 96x96 on this generator's device (``crop_faces_torch``, area-averaged): on CUDA the frames a batch
-        uses go up once, through a pinned buffer, and the crops never exist on the host."""
+        resized to 96x96 on this generator's device (``crop_faces_torch``, area-averaged): on CUDA the
+        frames a batch uses go up once, through a pinned buffer, and the crops never exist on the host."""
         import torch
 
         from lipsync.stages.align_crop import crop_faces_torch
@@ -189,11 +199,8 @@ class Wav2LipGenerator:
         with torch.inference_mode():
             if isinstance(faces, np.ndarray):
                 face_t = self._to_device("face", build_inputs(faces))
-            else:  # already on the device: build_inputs' arithmetic there
-                masked = faces.clone()
-                masked[:, FACE_SIZE // 2 :] = 0
-                stacked = torch.cat([masked, faces], dim=3).float() / 255.0
-                face_t = stacked.permute(0, 3, 1, 2).to(self.dtype)
+            else:  # already on the device
+                face_t = build_inputs_torch(faces).to(self.dtype)
             face_t = face_t.contiguous(memory_format=self.memory_format)
             mel_t = self._to_device("mel", mels)
             pred = self.net(mel_t, face_t)

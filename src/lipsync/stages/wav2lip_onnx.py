@@ -9,8 +9,9 @@ GIL while the rest of the job starts up beside it.
 The folded network is exported once per checkpoint file with ``torch.onnx`` (dynamic batch) and cached as
 ``<MODELS_DIR>/onnx/<model>-<digest>.onnx``, the digest taken over the file's bytes: a changed checkpoint
 never meets a stale export (and is loaded, its layout checked, to export it). The digest is remembered
-(``onnx/digests.json``) against the file's size, mtime and inode, so a start does not hash it again. The file is written under a
-temporary name and renamed; one that onnxruntime cannot load is deleted and exported again.
+(``onnx/digests.json``) against the file's size, mtime and inode, so a start does not hash it again. The
+file is written under a temporary name and renamed; one that onnxruntime cannot load is deleted and
+exported again.
 """
 
 from __future__ import annotations
