@@ -10,7 +10,10 @@ Per clip, in one subprocess (so its peak RSS is its own), with the pipeline's ow
   the torch DST solve (``stages.poisson``; CUDA when there is one): compositing "at GPU rates";
 * ``e2e``: processing fps of the pipeline call (models already loaded), and its ratio to the slowest of
   the parts above (1.0 = the job is as fast as its slowest part);
-* ``e2e / forward``: the issue's target is >= 0.75 on a CPU;
+* ``e2e / forward``: the issue's target is >= 0.75 on a CPU. The forward (over as many frames as the clip
+  renders) and the e2e run alternate ``--rounds`` times and the best of each is set against the other; each
+  round's own ratio is kept too (``e2e_over_forward_each_round``): on a shared VM one measurement of each,
+  minutes apart, put the ratio anywhere between 0.68 and 0.87 in three runs of the same code;
 * peak RSS.
 
 Clips: the real Chaplin clip (../shared/media/talking_chaplin_850x480_30fps.mp4 with the 5 s mp3) and
@@ -36,7 +39,7 @@ with random weights (benchmarks/_arcface.py); ``--faces dlib`` uses the offline 
 first measurement did. The tracking cache is off except in the whole-process "second run" rows.
 
 Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,480p,720p,1080p] [--repeats 2]
-        [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer]
+        [--rounds 3] [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer]
 Writes benchmarks/results/throughput.json.
 """
 
@@ -123,38 +126,16 @@ def measure_clip(spec: dict) -> dict:
     faces = rng.integers(0, 256, (batch, 96, 96, 3), dtype=np.uint8)
     mels = rng.standard_normal((batch, 80, 16)).astype(np.float32)
     gen(faces, mels)  # warm-up
-    reps = spec.get("forward_batches", 3)
-    t = time.perf_counter()
-    for _ in range(reps):
-        gen(faces, mels)
-    # One forward at a time (torch: over all its threads; onnxruntime: its session's threads).
-    row["forward_one_fps"] = _rate(reps * batch, time.perf_counter() - t)
-    # As the render runs it (generation_plan): each batch split between forwards side by side.
-    from lipsync.stages.lipsync import batch_parts, generation_plan, torch_threads
+    from lipsync.stages.lipsync import generation_plan
 
     workers, threads = generation_plan(gen)
     runtime = getattr(gen, "runtime", "torch")
     each = threads or (gen.session.get_session_options().intra_op_num_threads if runtime == "onnxruntime"
                        else torch.get_num_threads())  # fmt: skip
     row["forward_plan"] = f"{runtime}, {workers} x {each} threads"
-    if workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        parts = batch_parts(batch, workers)  # as the render's generate stage splits a batch
-
-        def forward(part: tuple[int, int]) -> np.ndarray:
-            return gen(faces[part[0] : part[1]], mels[part[0] : part[1]])
-
-        with torch_threads(threads), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(forward, parts))
-            t = time.perf_counter()
-            for _ in range(reps):
-                list(pool.map(forward, parts))
-            row["forward_side_by_side_fps"] = _rate(reps * batch, time.perf_counter() - t)
-    # The reference for e2e / forward: the faster of the two ways to run the network alone.
-    row["forward_fps"] = max(row["forward_one_fps"], row.get("forward_side_by_side_fps", 0.0))
     row["batch"] = batch
-
+    # As many frames as the clip renders, so the forward rows last as long as the e2e row they are set against.
+    reps = max(3, -(-info.num_frames // batch))
     backend = pipe.get_face_backend()
     t = time.perf_counter()
     tracks = run_tracking(video, info, backend, (), options, n, no_progress)
@@ -162,22 +143,71 @@ def measure_clip(spec: dict) -> dict:
     row.update(composite_rates(video, info, tracks[0], options.pads_tuple, spec["device"]))
 
     out = work / f"out_{spec['clip']}.mp4"
-    t = time.perf_counter()
-    result = pipe(LipSyncRequest(video, audio, out, options=options))
-    wall = time.perf_counter() - t
+    # Forward alone and the whole job, alternating ``rounds`` times: a slow spell of a shared VM (decode
+    # once measured 136 against 353 fps minutes apart) then hits both, and the best of each is compared.
+    rounds = []
+    for k in range(max(1, spec.get("rounds", 3))):
+        # One forward at a time is the render's way only without side-by-side workers; else it is timed
+        # once, briefly, for the table.
+        one_reps = reps if workers <= 1 else (3 if k == 0 else 0)
+        fwd = forward_rates(gen, faces, mels, one_reps, reps if workers > 1 else 0, workers, threads)
+        t = time.perf_counter()
+        result = pipe(LipSyncRequest(video, audio, out, options=options))
+        e2e = _rate(result.stats.frames, time.perf_counter() - t)
+        rounds.append({**fwd, "e2e_fps": e2e, "stage_seconds": result.stats.stage_seconds})
+    for key in ("forward_one_fps", "forward_side_by_side_fps", "e2e_fps"):
+        if any(key in r for r in rounds):
+            row[key] = max(r.get(key, 0.0) for r in rounds)
+    # The reference for e2e / forward: the faster of the two ways to run the network alone.
+    row["forward_fps"] = max(row["forward_one_fps"], row.get("forward_side_by_side_fps", 0.0))
+    row["rounds"] = [{k: v for k, v in r.items() if k != "stage_seconds"} for r in rounds]
+    row["e2e_over_forward_each_round"] = [
+        round(r["e2e_fps"] / max(r.get("forward_one_fps", 0.0), r.get("forward_side_by_side_fps", 0.0)), 3)
+        for r in rounds
+    ]
+    result_stages = max(rounds, key=lambda r: r["e2e_fps"])["stage_seconds"]
     row["output_frames"] = result.stats.frames
-    row["e2e_fps"] = _rate(result.stats.frames, wall)
     parts = {k: row[k] for k in ("decode_fps", "encode_fps", "forward_fps", "track_fps")}
     slowest = min(parts, key=parts.get)
     row["slowest_part"] = slowest.removesuffix("_fps")
     row["e2e_over_slowest"] = round(row["e2e_fps"] / parts[slowest], 3)
     row["e2e_over_forward"] = round(row["e2e_fps"] / row["forward_fps"], 3)
-    row["stage_seconds"] = {k: round(v, 2) for k, v in result.stats.stage_seconds.items()}
+    row["stage_seconds"] = {k: round(v, 2) for k, v in result_stages.items()}
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     row["torch_threads"] = torch.get_num_threads()
     if spec.get("box_out"):
         Path(spec["box_out"]).write_text(json.dumps(peer_box(tracks[0], options.pads_tuple, info)))
     return row
+
+
+def forward_rates(gen, faces, mels, one_reps: int, plan_reps: int, workers: int, threads: int | None) -> dict:
+    """fps of the Wav2Lip forward alone: ``one_reps`` batches one forward at a time (torch: over all its
+    threads; onnxruntime: its session's threads), and ``plan_reps`` batches as the render's generate stage
+    runs them where generation_plan splits batches (each batch's parts side by side)."""
+    from lipsync.stages.lipsync import batch_parts, torch_threads
+
+    batch = len(faces)
+    rates = {}
+    if one_reps:
+        t = time.perf_counter()
+        for _ in range(one_reps):
+            gen(faces, mels)
+        rates["forward_one_fps"] = _rate(one_reps * batch, time.perf_counter() - t)
+    if workers > 1 and plan_reps:
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = batch_parts(batch, workers)
+
+        def forward(part: tuple[int, int]) -> np.ndarray:
+            return gen(faces[part[0] : part[1]], mels[part[0] : part[1]])
+
+        with torch_threads(threads), ThreadPoolExecutor(workers) as pool:
+            list(pool.map(forward, parts))
+            t = time.perf_counter()
+            for _ in range(plan_reps):
+                list(pool.map(forward, parts))
+            rates["forward_side_by_side_fps"] = _rate(plan_reps * batch, time.perf_counter() - t)
+    return rates
 
 
 def _padded_boxes(track, pads, info) -> list:
@@ -293,6 +323,9 @@ def main() -> None:
         default=2,
         help="interleaved whole-process runs of ours and the peer's; the best of each is compared",
     )
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="per clip, forward-only and e2e alternate this many times; the best of each is "
+                             "compared (3; 1 with --quick)")  # fmt: skip
     parser.add_argument("--faces", choices=("insightface", "dlib"), default="insightface",
                         help="insightface: the real SCRFD-2.5G of ../shared/models with a random-weight ArcFace "
                              "of the real size (the production path); dlib: the offline backend")  # fmt: skip
@@ -319,7 +352,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lipsync-throughput-") as tmp:
         work = Path(tmp)
         ckpt = str(write_random_wav2lip(work / "wav2lip_gan.pth", seed=0))
-        base = {"work": str(work), "wav2lip": ckpt, "device": device, "faces": args.faces}
+        rounds = args.rounds or (1 if args.quick else 3)
+        base = {"work": str(work), "wav2lip": ckpt, "device": device, "faces": args.faces, "rounds": rounds}
         if args.faces == "insightface":
             from _arcface import write_random_arcface
 

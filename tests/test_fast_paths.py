@@ -20,6 +20,7 @@ from lipsync.stages.composite import composite_face, lower_face_mask
 from lipsync.stages.lipsync import FACE_SIZE, Wav2LipGenerator
 from lipsync.stages.poisson import poisson_clone, poisson_clone_numpy
 from lipsync.types import Box
+from poisson_fixtures import crop_pair, cv2_clone
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -91,28 +92,12 @@ def test_fold_is_idempotent_and_leaves_eval_mode():
 # --- the torch Poisson solve against OpenCV -------------------------------------------------------------
 
 
-def _crop_pair(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth frame region with noise, and a brighter, noisier generated face over it."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    base = np.stack([100 + 50 * np.sin(xx / 9), 80 + 0.6 * yy, 120 + 30 * np.cos(yy / 7)], -1)
-    dest = np.clip(base + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
-    src = np.clip(dest.astype(int) + 40 + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
-    return src, dest
-
-
-def _cv2_clone(src: np.ndarray, dest: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    x, y, w, h = cv2.boundingRect(mask)
-    # seamlessClone overwrites its mask argument (it erodes and inverts it in place): hand it a copy.
-    return cv2.seamlessClone(src, dest, mask.copy(), (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
-
-
 @pytest.mark.parametrize("size", [(60, 50), (97, 131), (150, 120)])
 def test_torch_poisson_agrees_with_seamless_clone(size):
     h, w = size
-    src, dest = _crop_pair(h, w, seed=h)
+    src, dest = crop_pair(h, w, seed=h)
     mask = (lower_face_mask(h, w) > 0).astype(np.uint8) * 255
-    ref = _cv2_clone(src, dest, mask)
+    ref = cv2_clone(src, dest, mask)
     out = poisson_clone_numpy(src, dest, mask)
     diff = np.abs(ref.astype(int) - out.astype(int))
     assert diff.max() <= 2
@@ -127,7 +112,7 @@ def test_torch_poisson_on_a_real_face_crop(shared_media):
     face = cv2.GaussianBlur(region, (9, 9), 3)
     face = cv2.add(face, np.full_like(face, 25))
     mask = (lower_face_mask(y2 - y1, x2 - x1) > 0).astype(np.uint8) * 255
-    ref = _cv2_clone(face, region, mask)
+    ref = cv2_clone(face, region, mask)
     out = poisson_clone_numpy(face, region, mask)
     assert np.abs(ref.astype(int) - out.astype(int)).max() <= 2
     # The composite built on it changes the frame where seamlessClone's composite does.
@@ -136,19 +121,19 @@ def test_torch_poisson_on_a_real_face_crop(shared_media):
 
 def test_torch_poisson_batches_crops_with_different_masks():
     h, w = 80, 70
-    pairs = [_crop_pair(h, w, seed=s) for s in (1, 2)]
+    pairs = [crop_pair(h, w, seed=s) for s in (1, 2)]
     masks = [(lower_face_mask(h, w) > 0), (lower_face_mask(h, w, center_y=0.6, half_width=0.3) > 0)]
     src = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2)
     dst = torch.from_numpy(np.stack([p[1] for p in pairs])).permute(0, 3, 1, 2)
     out = poisson_clone(src, dst, torch.from_numpy(np.stack(masks)))
     for i, (s, d) in enumerate(pairs):
-        ref = _cv2_clone(s, d, masks[i].astype(np.uint8) * 255)
+        ref = cv2_clone(s, d, masks[i].astype(np.uint8) * 255)
         got = out[i].permute(1, 2, 0).to(torch.uint8).numpy()
         assert np.abs(ref.astype(int) - got.astype(int)).max() <= 2
 
 
 def test_torch_poisson_rejects_mismatched_shapes_and_passes_empty_masks():
-    src, dest = _crop_pair(40, 40, seed=0)
+    src, dest = crop_pair(40, 40, seed=0)
     with pytest.raises(InputError):
         poisson_clone(torch.zeros(1, 3, 40, 40), torch.zeros(1, 3, 40, 41), torch.ones(40, 40))
     with pytest.raises(InputError, match="mask"):
@@ -180,7 +165,7 @@ def test_fp16_folded_generator_on_cuda_within_two_grey_levels_of_fp32(wav2lip_fi
 @pytest.mark.gpu
 @needs_cuda
 def test_torch_poisson_on_cuda_agrees_with_cpu():
-    src, dest = _crop_pair(120, 110, seed=5)
+    src, dest = crop_pair(120, 110, seed=5)
     mask = (lower_face_mask(120, 110) > 0).astype(np.uint8) * 255
     cpu = poisson_clone_numpy(src, dest, mask)
     gpu = poisson_clone_numpy(src, dest, mask, device="cuda")

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 EnhanceChoice = Literal["auto", "on", "off"]
 ENHANCE_CHOICES: tuple[str, ...] = get_args(EnhanceChoice)
 
+# Kept beside lipsync.stages.composite.PoissonSolver (cv2 is not imported here).
+PoissonSolver = Literal["dst", "opencv"]
+
 DetectAngles = Literal["upright", "fallback"]
 DETECT_ANGLES: tuple[str, ...] = get_args(DetectAngles)
 
@@ -155,6 +158,12 @@ class LipSyncOptions(TrackOptions):
     )  # fmt: skip
     poisson_blending: bool = Field(
         True, description="Blend the mouth in with Poisson (seamless) cloning; false: a feathered paste.",
+        json_schema_extra=_meta("compositing", LIPSYNC),
+    )  # fmt: skip
+    poisson_solver: PoissonSolver = Field(
+        "dst", description="How the Poisson blend is solved: dst (cv2.seamlessClone's equations solved "
+        "with OpenCV's DFT over all three channels at once; within 1 grey level of seamlessClone and 2-4x "
+        "faster) or opencv (cv2.seamlessClone itself).",
         json_schema_extra=_meta("compositing", LIPSYNC),
     )  # fmt: skip
     occlusion_mask: EnhanceChoice = Field(

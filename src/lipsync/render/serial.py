@@ -9,6 +9,7 @@ Memory is bounded by the batch and a few cached decode blocks, never by the vide
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -232,12 +233,16 @@ def sync_composite(
 
     def composite_frame(slot: int) -> tuple[int, np.ndarray, list[str]]:
         # Faces of one frame go one after the other (they may overlap); frames are independent.
+        # The frame is the batch's own (render_plan_frame made it): faces are pasted into it in place,
+        # except one faded toward the source, whose blend needs the frame as it was.
         frame, methods = frames[slot], []
         for face_job, face, occ in by_slot[slot]:
             mask = crop_mask(face_job.aligned, shrink=options.mask_shrink, occlusion=occ)
-            soft = crop_mask(face_job.aligned, shrink=options.mask_shrink, occlusion=occ, feather=True)
+            soft = functools.partial(crop_mask, face_job.aligned, shrink=options.mask_shrink, occlusion=occ,
+                                     feather=True)  # fmt: skip
             result = paste_face(frame, face, face_job.aligned, mask, poisson=options.poisson_blending,
-                                feather_mask=soft)  # fmt: skip
+                                feather_mask=soft, solver=options.poisson_solver,
+                                inplace=face_job.weight >= 1.0)  # fmt: skip
             frame = fade_face(frame, result.frame, face_job.box, face_job.weight)
             methods.append(result.method)
         return slot, frame, methods

@@ -26,6 +26,7 @@ already on the device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,14 @@ import cv2
 import numpy as np
 
 from lipsync.faces.pose import template_fit
-from lipsync.stages.composite import CompositeResult, composite_face, feathered_face_mask, lower_face_mask
+from lipsync.stages.composite import (
+    CompositeResult,
+    MaskSource,
+    PoissonSolver,
+    composite_face,
+    feathered_face_mask,
+    lower_face_mask,
+)
 from lipsync.stages.lipsync import FACE_SIZE, postprocess_face, prepare_face
 from lipsync.types import Box, Pads
 
@@ -171,13 +179,22 @@ def crop_mask(
     size, its top edge kept, so the bottom and sides leave the jaw line), times the occlusion mask (1 where
     the face is visible) when there is one. ``feather``: the soft-edged mask of the feathered fallback
     (the same ellipse, ramped over a width proportional to the face) instead of Poisson's."""
-    shape = feathered_face_mask if feather else lower_face_mask
-    mask = shape(crop.height, crop.width, **shrunk_ellipse(shrink))
+    mask = _shape_mask(crop.height, crop.width, shrink, feather)
     if occlusion is not None:
         occ = np.asarray(occlusion, dtype=np.float32)
         if occ.shape != mask.shape:
             occ = cv2.resize(occ, (crop.width, crop.height), interpolation=cv2.INTER_LINEAR)
         mask = mask * np.clip(occ, 0.0, 1.0)
+    return mask
+
+
+@functools.lru_cache(maxsize=64)
+def _shape_mask(h: int, w: int, shrink: float, feather: bool) -> np.ndarray:
+    """crop_mask's shape, read-only and kept: a tracked face keeps its crop size for frames at a time
+    (Chaplin: 2.6 frames a size on average), and the blurred ellipse costs 0.4-2 ms a face to redraw."""
+    shape = feathered_face_mask if feather else lower_face_mask
+    mask = shape(h, w, **shrunk_ellipse(shrink))
+    mask.flags.writeable = False
     return mask
 
 
@@ -199,16 +216,21 @@ def paste_face(
     mask: np.ndarray,
     *,
     poisson: bool = True,
-    feather_mask: np.ndarray | None = None,
+    feather_mask: MaskSource | None = None,
+    solver: PoissonSolver = "dst",
+    inplace: bool = False,
 ) -> CompositeResult:
     """Paste one generated 96x96 face back: resized to the crop, warped by the inverse transform with its
-    ``mask`` (crop pixels, see :func:`crop_mask`), blended by Poisson or the feather. Pixels where the
-    warped mask is 0 (everything outside the turned crop among them) keep the frame's values exactly."""
+    ``mask`` (crop pixels, see :func:`crop_mask`), blended by Poisson or the feather (``feather_mask``: an
+    array or a function making it, called only if the feather is used). Pixels where the warped mask is
+    0 (everything outside the turned crop among them) keep the frame's values exactly. ``solver`` and
+    ``inplace``: as :func:`composite_face`'s."""
     face = postprocess_face(generated, Box(0.0, 0.0, float(crop.width), float(crop.height)))
     if feather_mask is None:
-        feather_mask = crop_mask(crop, feather=True)
+        feather_mask = functools.partial(crop_mask, crop, feather=True)
+    blend = {"poisson": poisson, "solver": solver, "inplace": inplace}
     if crop.upright:
-        return composite_face(frame, face, crop.box, poisson=poisson, mask=mask, feather_mask=feather_mask)
+        return composite_face(frame, face, crop.box, mask=mask, feather_mask=feather_mask, **blend)
     x1, y1, x2, y2 = (int(v) for v in (crop.box.x1, crop.box.y1, crop.box.x2, crop.box.y2))
     # Paste-region pixels -> crop pixels; WARP_INVERSE_MAP samples the crop there.
     local = crop.matrix.copy()
@@ -222,8 +244,9 @@ def paste_face(
             m.astype(np.float32), local, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
         )
 
-    return composite_face(frame, warped_face, crop.box, poisson=poisson, mask=warp(mask),
-                          feather_mask=warp(feather_mask))  # fmt: skip
+    soft = feather_mask
+    return composite_face(frame, warped_face, crop.box, mask=warp(mask),
+                          feather_mask=lambda: warp(soft() if callable(soft) else soft), **blend)  # fmt: skip
 
 
 # --- the same crop as a torch op ------------------------------------------------------------------------

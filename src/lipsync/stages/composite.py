@@ -1,8 +1,10 @@
 """Paste a generated lower face back into its frame without a visible seam.
 
-Poisson blending (``cv2.seamlessClone``, NORMAL_CLONE) keeps the generated face's gradients but takes its
+Poisson blending (``cv2.seamlessClone``'s NORMAL_CLONE) keeps the generated face's gradients but takes its
 boundary values from the frame, so a brightness or colour mismatch is spread smoothly over the region
-instead of showing as an edge. The clone runs over the binary support of a soft elliptical lower-face
+instead of showing as an edge. By default the same equations are solved by :mod:`lipsync.stages.poisson_host`
+(OpenCV's DFT, all channels at once: 2-4x faster, within 1 grey level of seamlessClone); the
+``poisson_solver`` option "opencv" calls seamlessClone itself. The clone runs over the binary support of a soft elliptical lower-face
 mask; the result is then alpha-blended by that soft mask, which both softens the edge further and
 guarantees that every pixel outside the support is the frame's own (seamlessClone alone nudges pixels
 outside the mask inside its bounding rectangle by a grey level or so).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,11 +30,16 @@ import cv2
 import numpy as np
 
 from lipsync.errors import InputError
+from lipsync.stages.poisson_host import seamless_clone
 from lipsync.types import Box
 
 log = logging.getLogger(__name__)
 
 CompositeMethod = Literal["poisson", "feather"]
+#: How the Poisson blend is solved: "dst", seamlessClone's equations solved by stages.poisson_host (within
+#: 1 grey level of it, 2-4x faster); "opencv", cv2.seamlessClone itself.
+PoissonSolver = Literal["dst", "opencv"]
+MaskSource = np.ndarray | Callable[[], np.ndarray]
 
 # Mask values below this cannot move a uint8 pixel after rounding; dropping them keeps the support tight.
 _ALPHA_FLOOR = 1.0 / 512.0
@@ -140,9 +148,9 @@ def _check_image(image: np.ndarray, field: str) -> None:
 
 
 def _blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    a = alpha[..., None]
-    out = fg.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    """fg * alpha + bg * (1 - alpha), rounded, in one OpenCV pass. blendLinear divides by the weights' sum
+    plus 1e-5, which moves a value by at most 0.003: where alpha is 0 (or 1) the result is bg (fg) exactly."""
+    return cv2.blendLinear(fg, bg, alpha, 1.0 - alpha)
 
 
 # Frame pixels kept around the mask's bounding rectangle for the Poisson solve (its boundary values).
@@ -203,7 +211,7 @@ def _grown_rect(binary: np.ndarray, rect: tuple[int, int, int, int]) -> tuple[in
     return nx, ny, gw, gh
 
 
-def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray) -> np.ndarray:
+def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray, solver: PoissonSolver = "dst") -> np.ndarray:
     """seamlessClone of ``crop`` into ``region`` (same size) over ``support``; returns the cloned region,
     meant for the pixels inside ``support`` (the only ones the caller keeps; outside it, the region's own).
 
@@ -228,8 +236,11 @@ def _poisson(region: np.ndarray, crop: np.ndarray, support: np.ndarray) -> np.nd
     # this p puts every crop pixel exactly over the region pixel it came from.
     center = (x - x0 + w // 2, y - y0 + h // 2)
     out = region.copy()
-    out[sub] = cv2.seamlessClone(np.ascontiguousarray(crop[sub]), np.ascontiguousarray(region[sub]),
-                                 np.ascontiguousarray(binary[sub]), center, cv2.NORMAL_CLONE)  # fmt: skip
+    if solver == "opencv":
+        out[sub] = cv2.seamlessClone(np.ascontiguousarray(crop[sub]), np.ascontiguousarray(region[sub]),
+                                     np.ascontiguousarray(binary[sub]), center, cv2.NORMAL_CLONE)  # fmt: skip
+    else:
+        out[sub] = seamless_clone(crop[sub], region[sub], binary[sub])
     return out
 
 
@@ -240,15 +251,20 @@ def composite_face(
     *,
     poisson: bool = True,
     mask: np.ndarray | None = None,
-    feather_mask: np.ndarray | None = None,
+    feather_mask: MaskSource | None = None,
+    solver: PoissonSolver = "dst",
+    inplace: bool = False,
 ) -> CompositeResult:
     """Paste ``generated_crop`` (already resized to the box) into ``frame`` at ``box`` (integer pixels).
 
     ``mask`` overrides :func:`lower_face_mask` (float 0..1, the crop's size) for Poisson, and for the
-    feathered blend too unless ``feather_mask`` is given; with neither, the feathered blend uses
-    :func:`feathered_face_mask` (a soft ramp: the fallback must not leave a hard seam). Pixels where the mask used is 0 are returned
+    feathered blend too unless ``feather_mask`` is given (an array, or a function making it: it is only
+    needed when the feather is used); with neither, the feathered blend uses :func:`feathered_face_mask`
+    (a soft ramp: the fallback must not leave a hard seam). Pixels where the mask used is 0 are returned
     unchanged, bit for bit; so is everything outside the box. A box reaching outside the frame is
-    clipped to it (and blended with the feather, since it touches the border).
+    clipped to it (and blended with the feather, since it touches the border). ``solver``: see
+    PoissonSolver. ``inplace``: paste into ``frame`` itself (returned as the result's frame) instead of
+    a copy of it.
     """
     _check_image(frame, "frame")
     _check_image(generated_crop, "generated_crop")
@@ -278,8 +294,8 @@ def composite_face(
     crop, alpha = generated_crop[inner], alpha[inner]
     touches_border = x1 <= 0 or y1 <= 0 or x2 >= fw or y2 >= fh
 
-    out = frame.copy()
-    region = frame[cy1:cy2, cx1:cx2]
+    out = frame if inplace else frame.copy()
+    region = frame[cy1:cy2, cx1:cx2]  # read whole before the paste writes over it (in place or not)
     support = alpha > 0.0
     if not support.any():
         return CompositeResult(out, "feather")
@@ -295,11 +311,13 @@ def composite_face(
         )
     elif poisson:
         try:
-            fg = _poisson(region, crop, support)
+            fg = _poisson(region, crop, support, solver)
             method = "poisson"
         except cv2.error as exc:
-            log.info("cv2.seamlessClone failed for box %s (%s): feathered blend instead", box, exc)
+            log.info("the Poisson solve failed for box %s (%s): feathered blend instead", box, exc)
     if method == "feather" and (feather_mask is not None or not custom):
+        if callable(feather_mask):
+            feather_mask = feather_mask()
         if feather_mask is None:
             alpha = feathered_face_mask(bh, bw)[inner]
         else:
@@ -307,8 +325,6 @@ def composite_face(
                 raise InputError(f"feather_mask is {feather_mask.shape}, expected {(bh, bw)}", field="mask")
             alpha = np.clip(np.nan_to_num(feather_mask.astype(np.float32)), 0.0, 1.0)[inner]
             alpha[alpha < _ALPHA_FLOOR] = 0.0
-        support = alpha > 0.0
-    blended = _blend(fg, region, alpha)
-    # Enforce the contract exactly: only the mask's support may change.
-    out[cy1:cy2, cx1:cx2] = np.where(support[..., None], blended, region)
+    # Only the mask's support changes: _blend returns the region's own pixels exactly where alpha is 0.
+    out[cy1:cy2, cx1:cx2] = _blend(np.ascontiguousarray(fg), region, np.ascontiguousarray(alpha))
     return CompositeResult(out, method)
