@@ -136,3 +136,35 @@ def test_a_generator_that_fails_to_load_beside_tracking_surfaces_its_typed_error
     with pytest.raises(CheckpointLayoutError):
         pipe(LipSyncRequest(video, audio, out, options=LipSyncOptions(enhance="off")))
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("device", "every"), [("cpu", 10), ("cuda", 5)])
+def test_lipsync_run_samples_faces_at_the_backend_devices_default(tmp_path, device, every):
+    """`lipsync run` (the pipeline) resolves an unset sample_every from the face backend's device, as
+    `lipsync track` does: a CPU backend detects on every 10th frame, a CUDA one on every 5th."""
+    from lipsync.config import Settings
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+    from pipeline_fixtures import (
+        ColorFaceBackend,
+        FaceSpec,
+        IdentityGenerator,
+        moving_box,
+        write_speechlike_wav,
+        write_synthetic_video,
+    )
+
+    class Backend(ColorFaceBackend):
+        pass
+
+    backend = Backend()
+    backend.device = device
+    frames = 60
+    video = write_synthetic_video(tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 64, 84, dx=0.3))],
+                                  width=256, height=192, fps=25, seconds=frames / 25)  # fmt: skip
+    audio = write_speechlike_wav(tmp_path / "a.wav", frames / 25)
+    pipe = LipSyncPipeline(Settings(device="cpu"), generator=IdentityGenerator(), face_backend=backend)
+    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", (), LipSyncOptions(enhance="off"))
+    pipe(request)
+    # One steady face: a detection on each sampled frame (plus the last frame's), nothing more.
+    assert frames // every <= backend.detect_calls <= frames // every + 2

@@ -38,6 +38,7 @@ from lipsync.faces import (
     StreamingTracker,
     TrackingOptions,
     build_references,
+    face_device,
 )
 from lipsync.faces.pose import ROLL_LIMIT_DEG, YAW_LIMIT_DEG
 from lipsync.media import (
@@ -251,7 +252,8 @@ class LipSyncPipeline(PipelineModels):
     ) -> tuple[Tracking, str | None]:
         """Known tracks from the cache, or a streaming tracker (and the key to store its tracks under)."""
         characters = list(request.characters)
-        options = TrackingOptions.from_job(request.options)
+        # The backend's device decides an unset sample_every (10 on a CPU, 5 on CUDA), as for `lipsync track`.
+        options = TrackingOptions.from_job(request.options, face_device(backend))
         key = None
         if self.track_cache is not None:
             fingerprint = backend_fingerprint(backend, self.settings)
