@@ -168,3 +168,47 @@ def test_lipsync_run_samples_faces_at_the_backend_devices_default(tmp_path, devi
     pipe(request)
     # One steady face: a detection on each sampled frame (plus the last frame's), nothing more.
     assert frames // every <= backend.detect_calls <= frames // every + 2
+
+
+def test_a_job_holds_numpys_blas_to_one_thread_and_restores_it(tmp_path):
+    """OpenBLAS's workers spun on the cores after each of a job's small matrix products: during a job
+    (seen from inside the generator's call) numpy's BLAS has one thread; afterwards the old count."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from lipsync.config import Settings
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+    from pipeline_fixtures import (
+        ColorFaceBackend,
+        FaceSpec,
+        IdentityGenerator,
+        moving_box,
+        write_speechlike_wav,
+        write_synthetic_video,
+    )
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("numpy here is linked to no BLAS that threadpoolctl can see")
+
+    class Recording(IdentityGenerator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[list[int]] = []
+
+        def __call__(self, faces, mels):
+            self.seen.append(blas_threads())
+            return super().__call__(faces, mels)
+
+    video = write_synthetic_video(tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 64, 84))],
+                                  width=160, height=120, seconds=0.4)  # fmt: skip
+    audio = write_speechlike_wav(tmp_path / "a.wav", 0.4)
+    generator = Recording()
+    pipe = LipSyncPipeline(Settings(device="cpu"), generator=generator, face_backend=ColorFaceBackend())
+    with threadpool_limits(limits=2, user_api="blas"):
+        pipe(LipSyncRequest(video, audio, tmp_path / "out.mp4", (), LipSyncOptions(enhance="off")))
+        after = blas_threads()
+    assert generator.seen and all(threads == [1] * len(threads) for threads in generator.seen)
+    assert after == [2] * len(after)

@@ -51,6 +51,7 @@ from lipsync.media import (
     source_audio_offset,
 )
 from lipsync.models import device_kind
+from lipsync.models.device import single_threaded_blas
 from lipsync.options import LipSyncOptions, TrackOptions
 from lipsync.pipeline_models import PipelineModels
 from lipsync.render import CharacterStats, PipelineStats, RenderJob, StageTimer
@@ -148,6 +149,10 @@ class LipSyncPipeline(PipelineModels):
     def __call__(self, request: LipSyncRequest, progress: ProgressCallback | None = None) -> LipSyncResult:
         """Run one request. ``progress(stage, done, total)`` may raise (e.g. JobCancelled) to stop the run;
         the partial output is then removed."""
+        with single_threaded_blas():
+            return self._lipsync(request, progress)
+
+    def _lipsync(self, request: LipSyncRequest, progress: ProgressCallback | None) -> LipSyncResult:
         wall_start = time.perf_counter()
         report = progress or no_progress
         timer = StageTimer()

@@ -174,3 +174,15 @@ def cpu_session_options(threads: int = 1):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread for the block. A job's own matrix products are small (the mel's
+    filterbank, 2x3 alignments, a few solves); OpenBLAS's worker threads spun on the cores after each
+    of them, 0.23 s of CPU a Chaplin job (perf), taken from the stages that run one thread each side by
+    side. threadpoolctl restores the previous limit on exit."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
