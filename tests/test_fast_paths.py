@@ -248,6 +248,41 @@ def test_onnxruntime_generator_matches_torch_and_caches_its_export(wav2lip_file,
         rebuilt(faces, mels[:2])
 
 
+def test_the_optimized_graph_is_kept_per_cpu_and_gives_the_same_mouths(wav2lip_file, tmp_path, monkeypatch,
+                                                                        caplog):  # fmt: skip
+    import logging
+
+    from lipsync.stages import wav2lip_onnx
+    from lipsync.stages.wav2lip_onnx import OnnxMouthGenerator, load_onnx_generator, optimized_path
+
+    faces, mels = _inputs(5)
+    first = load_onnx_generator("wav2lip_gan", wav2lip_file, tmp_path, _folded(wav2lip_file), batch_size=4)
+    export = first.path
+    saved = optimized_path(export)
+    assert first.loaded_from == export and saved.is_file()  # optimized from the export, and kept
+    expected = first(faces, mels)
+    again = OnnxMouthGenerator(export, batch_size=4)
+    assert again.loaded_from == saved
+    assert np.array_equal(again(faces, mels), expected)  # the same kernels: the same numbers
+    # Another CPU (or onnxruntime version) never reuses it: it optimizes and keeps its own.
+    monkeypatch.setattr(wav2lip_onnx, "cpu_signature", lambda: "another-cpu")
+    other = OnnxMouthGenerator(export, batch_size=4)
+    assert other.loaded_from == export
+    assert optimized_path(export) != saved and optimized_path(export).is_file()
+    monkeypatch.undo()
+    # A damaged copy is not trusted: deleted, optimized again, same mouths.
+    saved.write_bytes(b"half a graph")
+    with caplog.at_level(logging.WARNING):
+        mended = OnnxMouthGenerator(export, batch_size=4)
+    assert mended.loaded_from == export and any("does not load" in r.message for r in caplog.records)
+    assert np.array_equal(mended(faces, mels), expected) and saved.stat().st_size > 1000
+    # Where it cannot be written, the session is optimized in memory each time.
+    monkeypatch.setattr(wav2lip_onnx, "optimized_path", lambda e: tmp_path / "no" / "such" / "dir.optimized")
+    unsaved = OnnxMouthGenerator(export, batch_size=4)
+    assert unsaved.loaded_from == export and np.array_equal(unsaved(faces, mels), expected)
+    assert not (tmp_path / "no").exists()
+
+
 def test_another_checkpoint_file_gets_its_own_export(wav2lip_file, tmp_path):
     from lipsync.stages.wav2lip_onnx import export_path
 
