@@ -138,34 +138,30 @@ def test_a_generator_that_fails_to_load_beside_tracking_surfaces_its_typed_error
     assert not out.exists()
 
 
+def _one_face_job(tmp_path: Path, generator, backend, frames: int) -> None:
+    """A lip-sync job on a synthetic clip of one moving face, ``frames`` long at 25 fps."""
+    from lipsync.config import Settings
+    from lipsync.options import LipSyncOptions
+    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
+    from pipeline_fixtures import FaceSpec, moving_box, write_speechlike_wav, write_synthetic_video
+
+    video = write_synthetic_video(tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 64, 84, dx=0.3))],
+                                  width=256, height=192, fps=25, seconds=frames / 25)  # fmt: skip
+    audio = write_speechlike_wav(tmp_path / "a.wav", frames / 25)
+    pipe = LipSyncPipeline(Settings(device="cpu"), generator=generator, face_backend=backend)
+    pipe(LipSyncRequest(video, audio, tmp_path / "out.mp4", (), LipSyncOptions(enhance="off")))
+
+
 @pytest.mark.parametrize(("device", "every"), [("cpu", 10), ("cuda", 5)])
 def test_lipsync_run_samples_faces_at_the_backend_devices_default(tmp_path, device, every):
     """`lipsync run` (the pipeline) resolves an unset sample_every from the face backend's device, as
     `lipsync track` does: a CPU backend detects on every 10th frame, a CUDA one on every 5th."""
-    from lipsync.config import Settings
-    from lipsync.options import LipSyncOptions
-    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
-    from pipeline_fixtures import (
-        ColorFaceBackend,
-        FaceSpec,
-        IdentityGenerator,
-        moving_box,
-        write_speechlike_wav,
-        write_synthetic_video,
-    )
+    from pipeline_fixtures import ColorFaceBackend, IdentityGenerator
 
-    class Backend(ColorFaceBackend):
-        pass
-
-    backend = Backend()
+    backend = ColorFaceBackend()
     backend.device = device
     frames = 60
-    video = write_synthetic_video(tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 64, 84, dx=0.3))],
-                                  width=256, height=192, fps=25, seconds=frames / 25)  # fmt: skip
-    audio = write_speechlike_wav(tmp_path / "a.wav", frames / 25)
-    pipe = LipSyncPipeline(Settings(device="cpu"), generator=IdentityGenerator(), face_backend=backend)
-    request = LipSyncRequest(video, audio, tmp_path / "out.mp4", (), LipSyncOptions(enhance="off"))
-    pipe(request)
+    _one_face_job(tmp_path, IdentityGenerator(), backend, frames)
     # One steady face: a detection on each sampled frame (plus the last frame's), nothing more.
     assert frames // every <= backend.detect_calls <= frames // every + 2
 
@@ -175,17 +171,7 @@ def test_a_job_holds_numpys_blas_to_one_thread_and_restores_it(tmp_path):
     (seen from inside the generator's call) numpy's BLAS has one thread; afterwards the old count."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from lipsync.config import Settings
-    from lipsync.options import LipSyncOptions
-    from lipsync.pipeline import LipSyncPipeline, LipSyncRequest
-    from pipeline_fixtures import (
-        ColorFaceBackend,
-        FaceSpec,
-        IdentityGenerator,
-        moving_box,
-        write_speechlike_wav,
-        write_synthetic_video,
-    )
+    from pipeline_fixtures import ColorFaceBackend, IdentityGenerator
 
     def blas_threads() -> list[int]:
         return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
@@ -202,13 +188,9 @@ def test_a_job_holds_numpys_blas_to_one_thread_and_restores_it(tmp_path):
             self.seen.append(blas_threads())
             return super().__call__(faces, mels)
 
-    video = write_synthetic_video(tmp_path / "v.mp4", [FaceSpec("red", moving_box(40, 30, 64, 84))],
-                                  width=160, height=120, seconds=0.4)  # fmt: skip
-    audio = write_speechlike_wav(tmp_path / "a.wav", 0.4)
     generator = Recording()
-    pipe = LipSyncPipeline(Settings(device="cpu"), generator=generator, face_backend=ColorFaceBackend())
     with threadpool_limits(limits=2, user_api="blas"):
-        pipe(LipSyncRequest(video, audio, tmp_path / "out.mp4", (), LipSyncOptions(enhance="off")))
+        _one_face_job(tmp_path, generator, ColorFaceBackend(), 10)
         after = blas_threads()
     assert generator.seen and all(threads == [1] * len(threads) for threads in generator.seen)
     assert after == [2] * len(after)
