@@ -113,7 +113,7 @@ def cpu_signature() -> str:
 
 def optimized_path(export: Path) -> Path:
     """Where onnxruntime's optimized graph of ``export`` is kept: per onnxruntime version, CPU and the
-    export file itself (its size and mtime: an export written again is optimized again)."""
+    export file itself (its size, mtime and inode: an export written again is optimized again)."""
     import onnxruntime as ort
 
     st = os.stat(export)
@@ -123,10 +123,10 @@ def optimized_path(export: Path) -> Path:
 
 def optimized_session(export: Path, threads: int = 1):
     """An onnxruntime CPU session of ``export`` and the file it was loaded from. onnxruntime's graph
-    optimizations (BN/activation fusions, the NCHWc layout for this CPU's vector width) took 0.28-0.41
+    optimizations (BN/activation fusions, the NCHWc layout for this CPU's vector width) took 0.28-0.45
     CPU seconds at every start; they are saved once (``optimized_path``: the layout is specific to the
     CPU and the onnxruntime version, so both key the file) and later sessions load the result with
-    optimizations off (0.07-0.10 s), computing the same numbers. A saved graph that does not load is
+    optimizations off (0.07-0.13 s), computing the same numbers. A saved graph that does not load is
     deleted and made again; a folder that cannot be written to only costs the optimization each time."""
     import onnxruntime as ort
 
