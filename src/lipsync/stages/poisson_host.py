@@ -60,23 +60,28 @@ def _gradients(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
-def _dst_rows(x: np.ndarray) -> np.ndarray:
-    """The type-I sine transform of each row of 2-D float32 ``x`` (unnormalised: y_k = 2 sum_j x_j
+def _dst_rows_negated(x: np.ndarray) -> np.ndarray:
+    """Minus the type-I sine transform of each row of 2-D float32 ``x`` (unnormalised: y_k = 2 sum_j x_j
     sin(pi (k+1)(j+1) / (n+1))), as the imaginary part of a real DFT of the odd extension
-    [0, x, 0, -reversed x], through OpenCV's DFT (CCS output: Re0, Re1, Im1, Re2, Im2, ...)."""
+    [0, x, 0, -reversed x], through OpenCV's DFT (CCS output: Re0, Re1, Im1, Re2, Im2, ...). The sign is
+    left to the caller: :func:`_dst2` applies this twice, so it cancels, and a pass over the output is
+    saved (with the extension built in place: 11.4 -> 8.0 ms for a 1080p face's rows, the DFT 5.7)."""
     rows, n = x.shape
-    odd = np.zeros((rows, 2 * (n + 1)), np.float32)
+    odd = np.empty((rows, 2 * (n + 1)), np.float32)
+    odd[:, 0] = 0.0
+    odd[:, n + 1] = 0.0
     odd[:, 1 : n + 1] = x
-    odd[:, n + 2 :] = -x[:, ::-1]
+    np.negative(x[:, ::-1], out=odd[:, n + 2 :])
     spectrum = cv2.dft(odd, flags=cv2.DFT_ROWS)
-    return -spectrum[:, 2 : 2 * n + 1 : 2]
+    return spectrum[:, 2 : 2 * n + 1 : 2]
 
 
 def _dst2(x: np.ndarray) -> np.ndarray:
-    """The 2-D type-I sine transform of each channel of (C, h, w) float32 ``x``."""
+    """The 2-D type-I sine transform of each channel of (C, h, w) float32 ``x`` (one negated transform
+    per axis: the signs cancel)."""
     c, h, w = x.shape
-    along_x = _dst_rows(x.reshape(c * h, w)).reshape(c, h, w)
-    along_y = _dst_rows(np.ascontiguousarray(along_x.transpose(0, 2, 1)).reshape(c * w, h))
+    along_x = _dst_rows_negated(x.reshape(c * h, w)).reshape(c, h, w)
+    along_y = _dst_rows_negated(np.ascontiguousarray(along_x.transpose(0, 2, 1)).reshape(c * w, h))
     return along_y.reshape(c, w, h).transpose(0, 2, 1)
 
 
@@ -108,5 +113,6 @@ def _solve(src: np.ndarray, dst: np.ndarray, guide: np.ndarray) -> np.ndarray:
     coeff /= ((ky[:, None] + kx[None, :]) * scale).astype(np.float32)
     result = dst.transpose(1, 2, 0).astype(np.uint8)
     # Truncated, not rounded, as OpenCV converts its float solution.
-    result[1:-1, 1:-1] = np.clip(_dst2(coeff), 0.0, 255.0).transpose(1, 2, 0).astype(np.uint8)
+    solved = _dst2(coeff)
+    result[1:-1, 1:-1] = np.clip(solved, 0.0, 255.0, out=solved).transpose(1, 2, 0).astype(np.uint8)
     return result
