@@ -565,3 +565,30 @@ def test_the_generator_crops_on_its_device_and_matches_its_host_call(tmp_path, m
             x1, y1, x2, y2 = (int(v) for v in point.box.as_list())
             outside[max(0, y1 - 40) : y2 + 40, max(0, x1 - 40) : x2 + 40] = False
         assert np.abs(x.astype(int) - y)[outside].max() <= 2, k  # only the face region differs (codec noise)
+
+
+def test_the_track_window_holds_a_1080p_frame_until_its_faces_are_final():
+    """At the default tracking settings on a CPU (sample_every 10, smoothing 0.3) a 1080p frame waits
+    sample_every + the smoothing look-ahead frames behind the decoder; the track stage's default window
+    holds them all, so none is let go to be decoded a second time (128 MB had let 15 % go)."""
+    from lipsync.faces.streaming import lookahead_frames
+    from lipsync.options import resolve_sample_every
+    from lipsync.render.stages import track_stage
+
+    lag = resolve_sample_every(None, "cpu") + lookahead_frames(0.3, 1920.0)
+
+    class LaggingTracker:  # the streaming tracker's contract: push returns the last final frame
+        def push(self, index, picture):
+            return index - lag
+
+        def finish(self):
+            return -1
+
+    pictures = ((i, np.zeros((1080, 1920, 3), np.uint8)) for i in range(3 * lag))
+    out = list(track_stage(LaggingTracker(), StageTimer(), lambda _t: None)(pictures))
+    assert [i for i, _ in out] == list(range(3 * lag))
+    assert all(picture is not None for _, picture in out)
+    # A 4K frame's wait is more than the window holds: the oldest are let go rather than memory grown.
+    pictures = ((i, np.zeros((2160, 3840, 3), np.uint8)) for i in range(3 * lag))
+    out = list(track_stage(LaggingTracker(), StageTimer(), lambda _t: None)(pictures))
+    assert any(picture is None for _, picture in out)

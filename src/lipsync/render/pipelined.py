@@ -7,7 +7,7 @@ frames they need through a FrameReader (as the serial renderer does), with the t
 tracks are already known (the tracking cache), the track stage is left out.
 
 Memory: the pictures alive at once are bounded by PIPELINE_FRAME_BYTES across the batch stages, plus the
-track stage's window (TRACK_WINDOW_BYTES, about sample_every + 12 frames at the default settings) and a
+track stage's window (TRACK_WINDOW_BYTES, about sample_every + 13 frames at the default settings) and a
 few frames per pipe: flat in the video's length.
 A failed or cancelled run raises its error and leaves no file at ``output``.
 """

@@ -42,8 +42,11 @@ from lipsync.stages.lipsync import MouthGenerator, batch_parts, generation_plan,
 from lipsync.types import Track, TrackPoint
 
 # Decoded pictures the track stage holds while their faces are not final yet; beyond this the oldest
-# are let go and re-read by the frame stage (a second decode of those frames only).
-TRACK_WINDOW_BYTES = 128 * 1024**2
+# are let go and re-read by the frame stage (a second decode of those frames only). At the default
+# tracking settings a frame waits for sample_every (10 on a CPU) + 13 frames of smoothing look-ahead: 24
+# pictures of 1080p are 149 MB. 128 MB had let 15 % of a 1080p clip's frames go (decoded twice); 192 MB
+# holds them, and 4K or heavy smoothing still re-read rather than grow.
+TRACK_WINDOW_BYTES = 192 * 1024**2
 RECENT_SOURCE_FRAMES = 4  # source pictures the frame stage keeps after use (a blend reads two)
 
 #: (index, picture or None when the track stage let it go)
