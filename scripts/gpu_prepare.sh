@@ -9,9 +9,10 @@ DEST=.gpu
 PY_VERSION="${GPU_PYTHON_VERSION:-3.12}"
 SHARED="${SHARED_DIR:-../shared}"
 # What the device image has (torch, numpy, onnx, onnxruntime, opencv, scipy, httpx, click, tqdm, filelock,
-# prometheus-client, threadpoolctl, pytest, hypothesis) is not carried; the rest at this venv's versions.
+# prometheus-client, threadpoolctl, pytest, hypothesis) is not carried; the rest at this venv's versions
+# (typing-extensions too: pydantic needs a recent one, and ours shadows the image's on PYTHONPATH).
 NAMES="av pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection silero-vad
-fastapi starlette python-multipart uvicorn dramatiq redis anyio sniffio"
+fastapi starlette python-multipart uvicorn dramatiq redis anyio sniffio typing-extensions"
 PINS=()
 for name in $NAMES; do
     version=$(.venv/bin/python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")
