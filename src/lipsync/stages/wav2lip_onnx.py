@@ -39,6 +39,12 @@ INPUTS = ("mel", "face")
 _CHUNK = 1 << 20
 
 
+def _temp_beside(path: Path) -> Path:
+    """A hidden name next to ``path`` for writing it whole before an ``os.replace``: unique per process and
+    thread, so writers racing for the same file never share one."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def file_digest(path: Path) -> str:
     """sha256 (first 16 hex digits) of the file's bytes."""
     h = hashlib.sha256()
@@ -69,7 +75,7 @@ def known_digest(cache_dir: Path, checkpoint: Path) -> str:
     known[key] = {"stamp": stamp, "sha256": digest}
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = _temp_beside(memo)
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, memo)
     except OSError as exc:  # a read-only models folder: the digest is simply taken again next time
@@ -91,7 +97,7 @@ def export_onnx(net, path: Path) -> Path:
         torch.onnx.export(net, (mel, face), buf, input_names=list(INPUTS), output_names=["out"],
                           dynamic_axes={"mel": {0: "b"}, "face": {0: "b"}, "out": {0: "b"}}, dynamo=False)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_beside(path)
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
     return path
@@ -141,7 +147,7 @@ def optimized_session(export: Path, threads: int = 1):
             log.warning("the optimized graph %s does not load (%s); optimizing %s again", saved, exc, export)
             saved.unlink(missing_ok=True)
     options = cpu_session_options(threads)
-    tmp = saved.with_name(f".{saved.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temp_beside(saved)
     options.optimized_model_filepath = str(tmp)
     try:
         session = ort.InferenceSession(str(export), options, providers=providers)
