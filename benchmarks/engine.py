@@ -24,7 +24,7 @@ import time
 import wave
 from pathlib import Path
 
-from _common import RESULTS_DIR, peak_rss_mb
+from _common import RESULTS_DIR, peak_rss_tree_mb
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO.parent / "shared" / "media"
@@ -117,7 +117,7 @@ def main() -> None:
                     "note": "2 shared cores: other work ran at the same time"},
         "video": "talking_chaplin_850x480_30fps.mp4", "seconds": args.seconds, "repeat": args.repeat,
         "cases": cases,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_tree_mb(), 1),
     }  # fmt: skip
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "engine.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -7,7 +7,9 @@ batch of 16 faces (the CPU batch):
 * ``torch-cl``: channels_last;
 * ``folded-cl``: BatchNorm folded into the convolutions + channels_last (lipsync's CPU path);
 * ``onnxruntime``: the folded network exported with torch.onnx and run by onnxruntime (all graph
-  optimisations on).
+  optimisations on);
+* ``mnn``: that export converted for MNN and run by one engine (Winograd convolutions, float32): the CPU
+  default (lipsync.stages.wav2lip_mnn), there in worker processes of one engine each.
 
 Rounds interleave the cases so that load from other processes hits them alike; each case reports its best
 round as items/s of wall time with ``--threads`` threads, and as items/s of CPU time with one thread (a
@@ -67,6 +69,7 @@ def cases(threads: int) -> tuple[dict, torch.Tensor]:
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
     feeds = {"mel": mel.numpy(), "face": face.numpy()}
+    engine = mnn_engine(buf.getvalue(), threads)
     with torch.inference_mode():
         ref = net(mel, face)
     return {
@@ -74,7 +77,21 @@ def cases(threads: int) -> tuple[dict, torch.Tensor]:
         "torch-cl": lambda: cl(mel, face_cl),
         "folded-cl": lambda: folded_cl(mel, face_cl),
         "onnxruntime": lambda: torch.from_numpy(session.run(None, feeds)[0]),
+        "mnn": lambda: torch.from_numpy(engine.run(feeds["mel"], feeds["face"])),
     }, ref
+
+
+def mnn_engine(onnx_bytes: bytes, threads: int):
+    """An MNN engine of the exported network, converted the way lipsync converts it."""
+    import tempfile
+    from pathlib import Path
+
+    from lipsync.stages.wav2lip_mnn import _engine, convert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "w.onnx"
+        export.write_bytes(onnx_bytes)
+        return _engine(convert(export, Path(tmp) / "w.mnn"), threads)
 
 
 def measure(rounds: int, threads: int, clock) -> tuple[dict, dict]:

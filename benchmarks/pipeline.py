@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import peak_rss_mb
+from _common import peak_rss_tree_mb
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.json"
@@ -146,7 +146,7 @@ def run_case(spec: dict) -> dict:
     )
     result = pipe(request)
     stats = result.stats.to_dict()
-    peak_mb = peak_rss_mb()
+    peak_mb = peak_rss_tree_mb()
     row = {
         "case": spec["case"],
         "device": spec["device"],

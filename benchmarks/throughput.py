@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import RESULTS_DIR, peak_rss_mb
+from _common import RESULTS_DIR, peak_rss_tree_mb
 from _whole import ENV, _rate, peer, peer_git, whole_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,8 +133,9 @@ def measure_clip(spec: dict) -> dict:
 
     workers, threads = generation_plan(gen)
     runtime = getattr(gen, "runtime", "torch")
-    each = threads or (gen.session.get_session_options().intra_op_num_threads if runtime == "onnxruntime"
-                       else torch.get_num_threads())  # fmt: skip
+    each = threads or getattr(gen, "threads", None) or (
+        gen.session.get_session_options().intra_op_num_threads if runtime == "onnxruntime"
+        else torch.get_num_threads())  # fmt: skip
     row["forward_plan"] = f"{runtime}, {workers} x {each} threads"
     row["batch"] = batch
     # As many frames as the clip renders, so the forward rows last as long as the e2e row they are set against.
@@ -186,7 +187,7 @@ def measure_clip(spec: dict) -> dict:
         row["e2e_enhance_fps"] = _rate(enhanced.stats.frames, time.perf_counter() - t)
         row["e2e_enhance_realtime"] = round(row["e2e_enhance_fps"] / float(info.fps), 2)
         row["faces_enhanced"] = enhanced.stats.enhanced
-    row["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    row["peak_rss_mb"] = round(peak_rss_tree_mb(), 1)
     row["torch_threads"] = torch.get_num_threads()
     if spec.get("box_out"):
         Path(spec["box_out"]).write_text(json.dumps(peer_box(tracks[0], options.pads_tuple, info)))
@@ -279,7 +280,7 @@ def rss_job(spec: dict) -> dict:
         LipSyncRequest(Path(spec["video"]), Path(spec["audio"]), out, options=LipSyncOptions(enhance="off"))
     )
     return {"clip": spec["clip"], "frames": result.stats.frames, "wall_s": round(time.perf_counter() - t, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1)}  # fmt: skip
+            "peak_rss_mb": round(peak_rss_tree_mb(), 1)}  # fmt: skip
 
 
 def first_frame(spec: dict) -> dict:

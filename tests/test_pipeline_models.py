@@ -66,9 +66,9 @@ def test_real_wav2lip_network_with_random_weights(tmp_path, checkpoints):
     request = LipSyncRequest(video, audio, tmp_path / "out.mp4", options=options)
     result = pipe(request)
     generator = pipe.get_generator()
-    from lipsync.stages.wav2lip_onnx import OnnxMouthGenerator  # the CPU default
+    from lipsync.stages.wav2lip_mnn import MnnMouthGenerator  # the CPU default
 
-    assert isinstance(generator, OnnxMouthGenerator) and generator.device == "cpu"
+    assert isinstance(generator, MnnMouthGenerator) and generator.device == "cpu"
     assert result.stats.batch_size == 4 and result.stats.device == "cpu"
     assert result.stats.characters["face"].frames_synced == 10
     out = decode_frames(result.output)

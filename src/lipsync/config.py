@@ -44,11 +44,13 @@ class Settings(BaseSettings):
     device: DeviceChoice = Field("auto", description="auto (cuda if available), cpu or cuda.")
     fp16: bool = Field(True, description="Run the generators in float16 on CUDA.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Wav2Lip batch size (default per device).")
-    cpu_generator: Literal["torch", "onnxruntime"] = Field(
-        "onnxruntime", description="What runs Wav2Lip on a CPU: onnxruntime (the BatchNorm-folded network "
-        "exported once per checkpoint file to <models_dir>/onnx; a run then needs no torch) or torch (folded, "
-        "channels_last). The same CPU time per frame (benchmarks/generator_backends.py); onnxruntime starts "
-        "about 2 CPU seconds sooner.",
+    cpu_generator: Literal["mnn", "onnxruntime", "torch"] = Field(
+        "mnn", description="What runs Wav2Lip on a CPU: mnn (the BatchNorm-folded network's ONNX export "
+        "converted once for MNN, whose Winograd convolutions take about 0.55x the CPU time a frame, in "
+        "float32; falls back to onnxruntime, with a warning, when MNN is missing or cannot convert it), "
+        "onnxruntime (the export, once per checkpoint file in <models_dir>/onnx; a run then needs no torch) "
+        "or torch (folded, channels_last: onnxruntime's CPU time a frame, about 2 CPU seconds more start-up). "
+        "See benchmarks/generator_backends.py.",
     )  # fmt: skip
 
     # --- models --------------------------------------------------------------------------------------

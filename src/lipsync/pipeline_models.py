@@ -98,11 +98,11 @@ class PipelineModels:
             if self._generator is None:
                 name = self.settings.wav2lip_model
                 path = self.store.ensure(name)
-                if device_kind(self.device) == "cpu" and self.settings.cpu_generator == "onnxruntime":
+                if device_kind(self.device) == "cpu" and self.settings.cpu_generator != "torch":
                     from lipsync.stages.wav2lip_onnx import OnnxExportFailed
 
                     try:
-                        self._generator = self._onnx_generator(name, path)
+                        self._generator = self._exported_generator(name, path)
                         return self._generator
                     except OnnxExportFailed as exc:
                         log.warning("%s; running Wav2Lip on torch instead", exc)
@@ -115,9 +115,11 @@ class PipelineModels:
                                                    fp16=self.settings.fp16)  # fmt: skip
             return self._generator
 
-    def _onnx_generator(self, name: str, path: Path) -> MouthGenerator:
+    def _exported_generator(self, name: str, path: Path) -> MouthGenerator:
+        """Wav2Lip on MNN or onnxruntime (``cpu_generator``), from the network's cached ONNX export; MNN
+        missing or unable to convert it falls back to onnxruntime, with a warning."""
         from lipsync.stages.lipsync import cpu_threads_per_forward
-        from lipsync.stages.wav2lip_onnx import load_onnx_generator
+        from lipsync.stages.wav2lip_onnx import ensure_export, load_onnx_generator
 
         def folded():
             from lipsync.models import load_network
@@ -125,9 +127,20 @@ class PipelineModels:
 
             return fold_batchnorm(load_network(name, path, device="cpu").float())
 
+        cache = Path(self.settings.models_dir) / "onnx"
+        batch, threads = self.settings.batch_size, cpu_threads_per_forward()
+        if self.settings.cpu_generator == "mnn":
+            from lipsync.stages.wav2lip_mnn import MnnUnavailable, load_mnn_generator, mnn_plan
+
+            log.info("loading %s from %s on cpu (MNN)", name, path)
+            engines, each = mnn_plan()
+            try:
+                export = ensure_export(name, path, cache, folded)
+                return load_mnn_generator(export, batch_size=batch, engines=engines, threads=each)
+            except MnnUnavailable as exc:
+                log.warning("%s; running Wav2Lip on onnxruntime instead", exc)
         log.info("loading %s from %s on cpu (onnxruntime)", name, path)
-        return load_onnx_generator(name, path, Path(self.settings.models_dir) / "onnx", folded,
-                                   batch_size=self.settings.batch_size, threads=cpu_threads_per_forward())  # fmt: skip
+        return load_onnx_generator(name, path, cache, folded, batch_size=batch, threads=threads)
 
     def generator_batch_size(self) -> int:
         """The generator's batch size, known before it is loaded: the settings', else its device's default

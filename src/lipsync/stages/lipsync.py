@@ -98,8 +98,8 @@ class MouthGenerator(Protocol):
 
 
 class Wav2LipGenerator:
-    """Batched Wav2Lip forward in torch with OOM back-off (on a CPU, the default is onnxruntime instead:
-    lipsync.stages.wav2lip_onnx).
+    """Batched Wav2Lip forward in torch with OOM back-off (on a CPU, the default is MNN instead:
+    lipsync.stages.wav2lip_mnn, else onnxruntime: lipsync.stages.wav2lip_onnx).
 
     ``batch_size`` is the largest batch sent to the network at once; it halves (and stays halved) when the
     device runs out of memory, down to 1. On CUDA the network runs in float16 when ``fp16`` is set, and
@@ -232,14 +232,15 @@ def generation_plan(generator: MouthGenerator, cores: int | None = None) -> tupl
     wait for the slowest at every layer (measured on 2 cores: the generator spent about 40 % more CPU per
     frame inside the render than alone). Two forwards of half the threads each lose only their own share
     of a stolen core. CUDA and test doubles keep one forward and torch's own setting (None); onnxruntime
-    forwards run side by side with the threads their sessions were made with (None).
+    forwards run side by side with the threads their sessions were made with (None); an MNN generator says
+    how many of its forwards may run side by side (``forwards``: its engines, each on its own threads).
     """
     device = getattr(generator, "device", None)
     if getattr(device, "type", device) != "cpu":
         return 1, None
     workers = cpu_forwards(cores)
-    if getattr(generator, "runtime", "torch") != "torch":  # onnxruntime: its sessions hold their threads
-        return workers, None
+    if getattr(generator, "runtime", "torch") != "torch":  # onnxruntime, MNN: they hold their own threads
+        return int(getattr(generator, "forwards", workers)), None
     return workers, cpu_threads_per_forward(cores)
 
 

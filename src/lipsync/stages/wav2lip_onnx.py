@@ -1,7 +1,7 @@
-"""Wav2Lip under onnxruntime: the default on a CPU (``LIPSYNC_CPU_GENERATOR=onnxruntime``; ``torch`` is the
-alternative).
+"""Wav2Lip under onnxruntime (``LIPSYNC_CPU_GENERATOR=onnxruntime``), and the ONNX export that MNN, the CPU
+default, is converted from (lipsync.stages.wav2lip_mnn; onnxruntime is its fall-back).
 
-Why the default: it costs the same CPU time per frame as the folded torch network
+Why before torch: it costs the same CPU time per frame as the folded torch network
 (benchmarks/generator_backends.py), but once its export is cached a run needs no torch at all, and
 importing torch and building the network cost about 2 CPU seconds at every start, most of them holding the
 GIL while the rest of the job starts up beside it.
@@ -206,13 +206,21 @@ def load_onnx_generator(
         except ModelError as exc:
             log.warning("%s; exporting again", exc)
             target.unlink(missing_ok=True)
+    ensure_export(name, checkpoint, cache_dir, build_net)
+    return OnnxMouthGenerator(target, batch_size=batch_size, threads=threads)
+
+
+def ensure_export(name: str, checkpoint: Path, cache_dir: Path, build_net: Callable[[], object]) -> Path:
+    """The cached export of ``checkpoint``, made first when there is none (see load_onnx_generator)."""
+    target = export_path(cache_dir, name, checkpoint)
+    if target.is_file():
+        return target
     log.info("exporting %s to %s (once per checkpoint file)", name, target)
     net = build_net()  # its own errors (a bad checkpoint) are the job's, raised as they are
     try:
-        export_onnx(net, target)
+        return export_onnx(net, target)
     except Exception as exc:  # torch.onnx raises its own untyped errors (e.g. the onnx package missing)
         raise OnnxExportFailed(f"cannot export {name} to ONNX: {exc}") from exc
-    return OnnxMouthGenerator(target, batch_size=batch_size, threads=threads)
 
 
 class OnnxExportFailed(ModelError):
