@@ -164,10 +164,11 @@ class LipSyncPipeline(PipelineModels):
         stems = [(c.audio, f"characters[{i}].audio") for i, c in enumerate(request.characters) if c.audio]
         check_job_media(request.video, request.audio, MediaLimits.from_settings(self.settings), stems)
         with timer("load_models"):
-            backend = self.get_face_backend()
-            # The generator (torch and its weights, seconds on a CPU) loads beside step 2, which needs
-            # neither; its file is checked now, so a missing one still fails before any work.
+            # The generator (an MNN engine or torch and its weights: the slowest model to load on a CPU)
+            # loads beside everything up to the render, started first; its file is checked now, so a
+            # missing one still fails before any work.
             loading = self.load_generator_beside()
+            backend = self.get_face_backend()
             enhancer = self.get_enhancer() if self.enhance_enabled(options) else None
             vad = self.get_vad()
             occlusion = self.get_occlusion(options.occlusion_mask)
