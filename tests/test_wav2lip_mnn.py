@@ -140,10 +140,16 @@ def test_a_worker_that_dies_fails_its_call_typed_and_the_next_call_gets_a_new_on
     assert not _alive(fresh)
 
 
-def test_closing_stops_every_worker_process(export):
+def test_closing_stops_every_worker_process_and_ctrl_c_is_left_to_the_parent(export):
     gen = MnnMouthGenerator(converted_path(export), engines=2)
     pids = gen.pids
     assert len(pids) == 2 and all(_alive(p) for p in pids)
+    faces, mels = _inputs(2, seed=6)
+    expected = gen(faces, mels)
+    for pid in pids:  # what Ctrl-C in a terminal sends to the whole process group
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert all(_alive(p) for p in pids) and np.array_equal(gen(faces, mels), expected)
     gen.close()
     assert not any(_alive(p) for p in pids)
     gen.close()  # twice is harmless

@@ -360,8 +360,12 @@ def load_mnn_generator(
 
 
 def _main(argv: list[str]) -> None:
+    import signal
     from multiprocessing.connection import Connection
 
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides, and stops its workers (or
+    # they see its end of the socket close), so a worker does not die mid-batch with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     model, threads, batch_size, fd = argv
     _serve(model, int(threads), int(batch_size), Connection(int(fd)))
 
