@@ -40,6 +40,15 @@ def export(wav2lip_file, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def converted(export) -> Path:
+    """The MNN model of the export, converted the way lipsync converts it."""
+    from lipsync.stages.wav2lip_mnn import convert
+
+    target = converted_path(export)
+    return target if target.is_file() else convert(export, target)
+
+
+@pytest.fixture(scope="module")
 def generator(export):
     gen = load_mnn_generator(export, batch_size=4, engines=2, threads=1)
     yield gen
@@ -123,8 +132,8 @@ def test_a_foreign_file_is_a_typed_error_and_a_failed_conversion_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.mnn", "w.onnx"]
 
 
-def test_a_worker_that_dies_fails_its_call_typed_and_the_next_call_gets_a_new_one(export):
-    gen = MnnMouthGenerator(converted_path(export), batch_size=4, engines=1)
+def test_a_worker_that_dies_fails_its_call_typed_and_the_next_call_gets_a_new_one(converted):
+    gen = MnnMouthGenerator(converted, batch_size=4, engines=1)
     faces, mels = _inputs(2, seed=4)
     expected = gen(faces, mels)
     (pid,) = gen.pids
@@ -140,8 +149,8 @@ def test_a_worker_that_dies_fails_its_call_typed_and_the_next_call_gets_a_new_on
     assert not _alive(fresh)
 
 
-def test_closing_stops_every_worker_process_and_ctrl_c_is_left_to_the_parent(export):
-    gen = MnnMouthGenerator(converted_path(export), engines=2)
+def test_closing_stops_every_worker_process_and_ctrl_c_is_left_to_the_parent(converted):
+    gen = MnnMouthGenerator(converted, engines=2)
     pids = gen.pids
     assert len(pids) == 2 and all(_alive(p) for p in pids)
     faces, mels = _inputs(2, seed=6)
