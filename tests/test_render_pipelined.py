@@ -426,6 +426,38 @@ def test_the_real_cpu_generator_side_by_side_matches_the_serial_render(tmp_path,
     assert len(out) == len(ref) and worst <= 1, worst
 
 
+def test_the_mnn_generator_in_worker_processes_renders_what_torch_renders_serially(tmp_path, media):
+    """The CPU default (MNN, two worker processes side by side) through the pipelined render, against the
+    serial render with the torch network, same seeded random weights of the real layout: Winograd's
+    float32 reordering moves a mouth pixel by at most a grey level, which the paste and the lossless
+    encode's colour conversion can carry to two."""
+    pytest.importorskip("MNN", reason="MNN is a dependency of lipsync; this checks an install without it")
+    from lipsync.models import load_network
+    from lipsync.nets import fold_batchnorm
+    from lipsync.stages.lipsync import Wav2LipGenerator, generation_plan
+    from lipsync.stages.wav2lip_mnn import load_mnn_generator
+    from lipsync.stages.wav2lip_onnx import ensure_export
+    from pipeline_fixtures import write_random_wav2lip
+
+    ckpt = write_random_wav2lip(tmp_path / "w.pth", seed=2)
+    torch_gen = Wav2LipGenerator(load_network("wav2lip_gan", ckpt, device="cpu"), "cpu", batch_size=8)
+    export = ensure_export("wav2lip_gan", ckpt, tmp_path / "onnx",
+                           lambda: fold_batchnorm(load_network("wav2lip_gan", ckpt, device="cpu").float()))  # fmt: skip
+    mnn_gen = load_mnn_generator(export, batch_size=8, engines=2, threads=1)
+    try:
+        assert generation_plan(mnn_gen, cores=2) == (2, None)
+        options = _options(loop_mode="none", wav2lip_batch_size=8)
+        ref = serial_reference(media["two"], media["audio_2s"], tmp_path / "s.mp4", torch_gen, [], options)
+        result = pipelined(media["two"], media["audio_2s"], tmp_path / "p.mp4", mnn_gen, [], options)
+    finally:
+        mnn_gen.close()
+    out = decode_frames(result.output)
+    worst = max(
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(out, ref, strict=True)
+    )
+    assert len(out) == len(ref) and result.stats.faces_synced > 0 and worst <= 2, worst
+
+
 class _LoadingLater(LipSyncPipeline):
     """A pipeline whose generator is still loading when the job starts: it arrives after ``delay`` s, or
     its load fails with ``error``."""
