@@ -149,6 +149,13 @@ def test_a_worker_that_dies_fails_its_call_typed_and_the_next_call_gets_a_new_on
     assert not _alive(fresh)
 
 
+def test_a_worker_that_cannot_start_is_mnn_unavailable_and_keeps_the_conversion(converted, export, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # no Python there: the worker ends without a word
+    with pytest.raises(MnnUnavailable, match="could not start"):
+        load_mnn_generator(export, batch_size=4)
+    assert converted.is_file()  # not blamed on the model: it is not deleted or converted again
+
+
 def test_closing_stops_every_worker_process_and_ctrl_c_is_left_to_the_parent(converted):
     gen = MnnMouthGenerator(converted, engines=2)
     pids = gen.pids

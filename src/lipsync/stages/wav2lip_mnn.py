@@ -179,6 +179,22 @@ def mnn_plan(cores: int | None = None) -> tuple[int, int]:
     return cpu_forwards(cores), cpu_threads_per_forward(cores)
 
 
+def _worker_env() -> dict[str, str]:
+    """The worker's environment: ours, with the folder this lipsync was imported from on PYTHONPATH when
+    it is not a site-packages folder (a source tree put on sys.path by hand)."""
+    import site
+
+    here = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    if here not in [*site.getsitepackages(), site.getusersitepackages()]:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (here, env.get("PYTHONPATH"))))
+    return env
+
+
+class _Silent(ModelError):
+    """A worker process ended (or hung) without an answer."""
+
+
 class _Worker:
     """One engine in its own process (``python -m lipsync.stages.wav2lip_mnn``: a fresh interpreter that
     never re-imports the caller's main module, as multiprocessing's spawn would), and a socket to it.
@@ -189,13 +205,14 @@ class _Worker:
         from multiprocessing.connection import Connection
 
         self.model = model
+        env = _worker_env()
         ours, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(model), str(threads), str(batch_size), str(theirs.fileno())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env,
             )  # fmt: skip
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: no pass_fds on this platform
             ours.close()
             raise MnnUnavailable(f"cannot start an MNN worker process: {exc}") from exc
         finally:
@@ -204,10 +221,15 @@ class _Worker:
         self.loaded = False
 
     def ready(self, timeout: float) -> None:
-        """Wait for the worker's engine (once)."""
-        if not self.loaded:
+        """Wait for the worker's engine (once). A worker that ends without a word (it could not start
+        Python or import MNN) is MnnUnavailable; one that says its model did not load, a ModelError."""
+        if self.loaded:
+            return
+        try:
             self.answer(timeout)
-            self.loaded = True
+        except _Silent as exc:
+            raise MnnUnavailable(f"the MNN worker could not start: {exc}") from exc
+        self.loaded = True
 
     def answer(self, timeout: float | None = None) -> object:
         """The worker's next answer; ModelError for its error, or when it has gone."""
@@ -216,13 +238,13 @@ class _Worker:
             waited += POLL_S
             if self.proc.poll() is not None or (timeout is not None and waited >= timeout):
                 self.stop()
-                raise ModelError(f"the MNN worker for {self.model.name} stopped without an answer "
+                raise _Silent(f"the MNN worker for {self.model.name} stopped without an answer "
                                  f"(exit status {self.proc.returncode}); the next job starts a new one")  # fmt: skip
         try:
             kind, value = self.conn.recv()
         except (EOFError, OSError) as exc:
             self.stop()
-            raise ModelError(f"the MNN worker for {self.model.name} went away (exit status "
+            raise _Silent(f"the MNN worker for {self.model.name} went away (exit status "
                              f"{self.proc.poll()}); the next job starts a new one") from exc  # fmt: skip
         if kind == "error":
             raise ModelError(str(value))
