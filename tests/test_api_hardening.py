@@ -364,7 +364,7 @@ def test_webhook_after_crash_recovery_and_for_owed_deliveries(tmp_path: Path, as
 
 
 def test_retention_deletes_results_then_rows(tmp_path: Path, assets: AssetServer) -> None:
-    env = _env(tmp_path / "systmp", LIPSYNC_RESULT_RETENTION_S="2", LIPSYNC_JOB_RETENTION_S="4",
+    env = _env(tmp_path / "systmp", LIPSYNC_RESULT_RETENTION_S="4", LIPSYNC_JOB_RETENTION_S="7",
                LIPSYNC_RETENTION_SWEEP_S="0.2")
     with ApiServer(env=env, work_dir=tmp_path / "work", api_key=API_KEY) as srv, srv.client() as c:
         job_id = c.post("/jobs", json=_body(assets)).json()["job_id"]

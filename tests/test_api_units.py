@@ -393,3 +393,22 @@ def test_pipelines_share_one_face_backend():
     other.share_face_backend(backend)
     assert other.get_face_backend() is backend and other.face_backend_loaded
 
+
+
+def test_a_held_result_file_is_served_whole_after_retention_deletes_its_name(tmp_path):
+    import os
+
+    from lipsync.api.result_file import held_file
+
+    path = tmp_path / "job.mp4"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    served, stat, close = held_file(path)
+    path.unlink()  # the retention sweep, between the response's headers and its body
+    try:
+        assert stat.st_size == len(data)
+        with open(served, "rb") as again:  # how the response (and each Range request) reads it
+            assert again.read() == data
+    finally:
+        close()
+    assert held_file(tmp_path / "gone.mp4") is None  # already gone: the route answers 404

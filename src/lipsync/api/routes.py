@@ -11,11 +11,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from lipsync import __version__
 from lipsync.api.errors import ResultNotReady, ResultNotStored, Unauthorized, failure_response
 from lipsync.api.events import events_response, job_events
+from lipsync.api.result_file import held_file
 from lipsync.api.schemas import (
     ErrorOut,
     FaceTrackingIn,
@@ -336,8 +338,11 @@ def build_routers(auth, route_class: type[APIRoute] = APIRoute) -> tuple[APIRout
             raise ResultNotReady(f"job {job_id} is {record.status}; the result exists once it succeeded")
         results = state.work.results
         path = await run_in_threadpool(results.local_path, job_id)
-        if path is not None:
-            return FileResponse(path, media_type="video/mp4", filename=f"{job_id}.mp4")
+        held = None if path is None else await run_in_threadpool(held_file, path)
+        if held is not None:
+            served, stat, close = held
+            return FileResponse(served, stat_result=stat, media_type="video/mp4", filename=f"{job_id}.mp4",
+                                background=BackgroundTask(close))  # fmt: skip
         chunks = None if (record.result or {}).get("output_url") else await run_in_threadpool(results.open, job_id)
         if chunks is None:
             if (record.result or {}).get("output_url"):
