@@ -118,7 +118,7 @@ class PipelineModels:
     def _exported_generator(self, name: str, path: Path) -> MouthGenerator:
         """Wav2Lip on MNN or onnxruntime (``cpu_generator``), from the network's cached ONNX export; MNN
         missing or unable to convert it falls back to onnxruntime, with a warning."""
-        from lipsync.stages.lipsync import cpu_threads_per_forward
+        from lipsync.stages.lipsync import cpu_forwards, cpu_threads_per_forward
         from lipsync.stages.wav2lip_onnx import ensure_export, load_onnx_generator
 
         def folded():
@@ -130,13 +130,13 @@ class PipelineModels:
         cache = Path(self.settings.models_dir) / "onnx"
         batch, threads = self.settings.batch_size, cpu_threads_per_forward()
         if self.settings.cpu_generator == "mnn":
-            from lipsync.stages.wav2lip_mnn import MnnUnavailable, load_mnn_generator, mnn_plan
+            from lipsync.stages.wav2lip_mnn import MnnUnavailable, load_mnn_generator
 
             log.info("loading %s from %s on cpu (MNN)", name, path)
-            engines, each = mnn_plan()
             try:
                 export = ensure_export(name, path, cache, folded)
-                return load_mnn_generator(export, batch_size=batch, engines=engines, threads=each)
+                # One engine (a worker process) per side-by-side forward, as onnxruntime's sessions run.
+                return load_mnn_generator(export, batch_size=batch, engines=cpu_forwards(), threads=threads)
             except MnnUnavailable as exc:
                 log.warning("%s; running Wav2Lip on onnxruntime instead", exc)
         log.info("loading %s from %s on cpu (onnxruntime)", name, path)

@@ -17,7 +17,7 @@ Three facts about the MNN wheel shape this module:
   entry point (the wheel's ``_tools`` extension) runs in a child process, and ``MNN.tools`` is never imported;
 * setting an engine up (the Winograd weight transforms: 0.8 CPU s for one thread) holds the GIL, and so
   does a forward through its Module API. The engines therefore run in worker processes of their own
-  (MnnMouthGenerator), one per side-by-side forward, each holding its own transformed weights (~600 MB);
+  (MnnMouthGenerator), one per side-by-side forward, each holding its own transformed weights (about 700 MB);
 * it prints banners on stdout from C: the workers' stdout goes to /dev/null, and this process never
   imports MNN, so lipsync's own stdout stays clean.
 """
@@ -25,7 +25,6 @@ Three facts about the MNN wheel shape this module:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import queue
@@ -40,7 +39,7 @@ import numpy as np
 
 from lipsync.errors import ModelError
 from lipsync.stages.lipsync import FACE_SIZE, MEL_BINS, MEL_STEPS, build_inputs, default_batch_size
-from lipsync.stages.wav2lip_onnx import _temp_beside
+from lipsync.stages.wav2lip_onnx import _temp_beside, short_stamp
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,7 @@ def mnn_version() -> str:
 def converted_path(export: Path) -> Path:
     """Where the MNN model of ``export`` is kept: per MNN version and export file (its size, mtime and
     inode: an export written again is converted again)."""
-    st = os.stat(export)
-    stamp = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()).hexdigest()[:8]
-    return export.with_name(f"{export.name}.mnn{mnn_version()}-{stamp}.mnn")
+    return export.with_name(f"{export.name}.mnn{mnn_version()}-{short_stamp(export)}.mnn")
 
 
 def convert(export: Path, target: Path, timeout: float = CONVERT_TIMEOUT_S) -> Path:
@@ -170,13 +167,6 @@ def _serve(model: str, threads: int, batch_size: int, conn) -> None:
             conn.send(("ok", generate(engine, *message, batch_size)))
         except Exception as exc:  # reported to the caller, typed there; the worker serves on
             conn.send(("error", f"MNN failed on a batch of {len(message[0])} faces: {exc}"))
-
-
-def mnn_plan(cores: int | None = None) -> tuple[int, int]:
-    """(engines, threads each) on a CPU of ``cores``: as onnxruntime runs (generation_plan)."""
-    from lipsync.stages.lipsync import cpu_forwards, cpu_threads_per_forward
-
-    return cpu_forwards(cores), cpu_threads_per_forward(cores)
 
 
 def _worker_env() -> dict[str, str]:
@@ -295,14 +285,13 @@ class MnnMouthGenerator:
         self.batch_size = int(batch_size or default_batch_size("cpu"))
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.engines = max(1, int(engines))
-        self.forwards = self.engines  # how many calls may run side by side (generation_plan)
+        self.forwards = max(1, int(engines))  # engines: how many calls run side by side (generation_plan)
         self.threads = max(1, int(threads))
         self._workers: list[_Worker] = []
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
         try:
-            workers = [self._start() for _ in range(self.engines)]
+            workers = [self._start() for _ in range(self.forwards)]
             for worker in workers:
                 worker.ready(LOAD_TIMEOUT_S)
                 self._idle.put(worker)

@@ -54,12 +54,22 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def file_stamp(path: Path) -> str:
+    """The file's size, mtime and inode: what changes when it is written again (in place or renamed over)."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def short_stamp(path: Path) -> str:
+    """file_stamp as 8 hex digits, for the names of files derived from ``path``."""
+    return hashlib.sha256(file_stamp(path).encode()).hexdigest()[:8]
+
+
 def known_digest(cache_dir: Path, checkpoint: Path) -> str:
     """``file_digest(checkpoint)``, remembered in ``cache_dir`` against the file's size, mtime and inode:
     hashing the 145 MB checkpoint took 0.1-0.3 s of every start, on the way to the first forward. A file
     rewritten in place changes its mtime (and mostly its size), so its digest is taken again."""
-    st = os.stat(checkpoint)
-    stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    stamp = file_stamp(checkpoint)
     memo = Path(cache_dir) / "digests.json"
     key = str(Path(checkpoint).resolve())
     try:
@@ -122,9 +132,9 @@ def optimized_path(export: Path) -> Path:
     export file itself (its size, mtime and inode: an export written again is optimized again)."""
     import onnxruntime as ort
 
-    st = os.stat(export)
-    stamp = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()).hexdigest()[:8]
-    return export.with_name(f"{export.name}.ort{ort.__version__}-{cpu_signature()}-{stamp}.optimized")
+    return export.with_name(
+        f"{export.name}.ort{ort.__version__}-{cpu_signature()}-{short_stamp(export)}.optimized"
+    )
 
 
 def optimized_session(export: Path, threads: int = 1):
