@@ -4,7 +4,8 @@ decode + re-encode of a 1-minute vs a 10-minute clip.
 Speed rows (synthetic H.264 clips written first with our VideoWriter, preset ultrafast):
   * decode: ``iter_frames`` (demux + H.264 decode + BGR conversion), frames/s and realtime factor;
   * reader-reverse: ``FrameReader`` read back to front (the pingpong case: a seek per block);
-  * encode: ``VideoWriter`` at crf 18 with x264 medium, veryfast (the per-device default) and ultrafast.
+  * encode: ``VideoWriter`` at crf 18 with x264 medium, veryfast, the per-device default (veryfast with
+    ``encoders.LIGHT_MOTION``) and ultrafast.
 Realtime factor = media seconds processed / wall seconds (25 fps clips).
 
 Memory rows: each clip length runs decode -> VideoWriter in its own subprocess, which reports its own
@@ -83,6 +84,7 @@ def _row(kind: str, res: str, frames: int, seconds: float, **extra) -> dict:
 def speed_child(res: str, count: int, workdir: Path) -> list[dict]:
     """Run in a fresh process per resolution, so each row's peak RSS is that resolution's own."""
     from lipsync.media import FrameReader, VideoWriter, iter_frames, probe
+    from lipsync.media.encoders import LIGHT_MOTION
 
     rows = []
     width, height = SIZES[res]
@@ -105,15 +107,16 @@ def speed_child(res: str, count: int, workdir: Path) -> list[dict]:
     for _ in _frames(width, height, count):
         pass
     synth = time.perf_counter() - start
-    for preset in ("medium", "veryfast", "ultrafast"):
+    for name, preset, params in (("medium", "medium", ""), ("veryfast", "veryfast", ""),
+                                 ("default", "veryfast", LIGHT_MOTION), ("ultrafast", "ultrafast", "")):  # fmt: skip
         start = time.perf_counter()
         with VideoWriter(
-            workdir / f"{res}-{preset}.mp4", width, height, FPS, crf=18, preset=preset
+            workdir / f"{res}-{name}.mp4", width, height, FPS, crf=18, preset=preset, x264_params=params
         ) as writer:
             for frame in _frames(width, height, count):
                 writer.write(frame)
         elapsed = max(1e-6, time.perf_counter() - start - synth)
-        rows.append(_row(f"encode-{preset}", res, writer.frames_written, elapsed))
+        rows.append(_row(f"encode-{name}", res, writer.frames_written, elapsed))
     return rows
 
 

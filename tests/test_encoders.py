@@ -97,3 +97,21 @@ def test_nvenc_writer_roundtrips(tmp_path):
         for f in frames:
             writer.write(f)
     assert len(list(iter_frames(out))) == len(frames)
+
+
+def test_the_default_preset_comes_with_the_light_motion_search_and_a_named_one_is_plain(tmp_path):
+    from lipsync.media.encoders import LIGHT_MOTION
+
+    enc = resolve_encoder("libx264", None, None, "cpu")
+    assert enc.x264_params == LIGHT_MOTION
+    assert enc.stream_options()["x264-params"] == LIGHT_MOTION
+    named = resolve_encoder("libx264", None, DEVICE_DEFAULTS["cpu"][0], "cpu")
+    assert named.x264_params == "" and "x264-params" not in named.stream_options()
+    # The options reach x264: its settings string (an SEI in the stream) names them.
+    out = tmp_path / "light.mp4"
+    frame = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    with VideoWriter(out, 96, 64, 25, crf=18, preset=enc.preset, x264_params=enc.x264_params) as writer:
+        for _ in range(3):
+            writer.write(frame)
+    settings = out.read_bytes()
+    assert b"me=dia" in settings and b"subme=1" in settings

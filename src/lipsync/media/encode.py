@@ -35,7 +35,8 @@ class VideoWriter:
     """Write BGR frames one by one; the file is complete (and faststart) after ``close()``.
 
     ``codec`` is ``libx264`` (frame-threaded) or ``h264_nvenc`` (``crf`` is then its constant quality
-    ``cq`` and ``preset`` maps onto p1..p7); ``lipsync.media.encoders.resolve_encoder`` picks them per job.
+    ``cq`` and ``preset`` maps onto p1..p7); ``x264_params``: x264 options on top of the preset (libx264);
+    ``lipsync.media.encoders.resolve_encoder`` picks them per job.
 
     ``audio`` is muxed as AAC and trimmed or zero-padded to exactly frames_written / fps seconds. It is
     read sequentially and interleaved with the video while frames are written, so neither the writer
@@ -63,6 +64,7 @@ class VideoWriter:
         audio_bitrate: int = 128_000,
         threads: int = 0,
         codec: str = "libx264",
+        x264_params: str = "",
     ) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"invalid frame size {width}x{height}")
@@ -85,7 +87,7 @@ class VideoWriter:
             self._container = av.open(
                 str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"}
             )
-            options = EncoderSettings(codec, crf, preset).stream_options()  # type: ignore[arg-type]
+            options = EncoderSettings(codec, crf, preset, x264_params).stream_options()  # type: ignore[arg-type]
             self._vstream = self._container.add_stream(codec, rate=self.fps, options=options)
             self._vstream.width, self._vstream.height = enc_w, enc_h
             self._vstream.pix_fmt = "yuv420p"
