@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         "or torch (folded, channels_last: onnxruntime's CPU time a frame, about 2 CPU seconds more start-up). "
         "See benchmarks/generator_backends.py.",
     )  # fmt: skip
+    cpu_detector: Literal["mnn", "onnxruntime"] = Field(
+        "mnn", description="What runs the InsightFace detector (SCRFD) on a CPU: mnn (the ONNX file converted "
+        "once into <models_dir>/mnn and run in a worker process: 12 ms a 320 input against onnxruntime's "
+        "21; falls back to onnxruntime, with a warning, when MNN is missing, cannot convert it or its worker "
+        "fails) or onnxruntime.",
+    )  # fmt: skip
 
     # --- models --------------------------------------------------------------------------------------
     offline: bool = Field(False, description="Never download; missing models raise a clear error.")

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import platform
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,18 +30,13 @@ import numpy as np
 
 from lipsync.errors import ModelError
 from lipsync.models.device import cpu_session_options
+from lipsync.models.stamps import file_stamp, short_stamp, temp_beside
 from lipsync.stages.lipsync import FACE_SIZE, build_inputs, default_batch_size
 
 log = logging.getLogger(__name__)
 
 INPUTS = ("mel", "face")
 _CHUNK = 1 << 20
-
-
-def _temp_beside(path: Path) -> Path:
-    """A hidden name next to ``path`` for writing it whole before an ``os.replace``: unique per process and
-    thread, so writers racing for the same file never share one."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def file_digest(path: Path) -> str:
@@ -52,17 +46,6 @@ def file_digest(path: Path) -> str:
         while block := f.read(_CHUNK):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-def file_stamp(path: Path) -> str:
-    """The file's size, mtime and inode: what changes when it is written again (in place or renamed over)."""
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-
-
-def short_stamp(path: Path) -> str:
-    """file_stamp as 8 hex digits, for the names of files derived from ``path``."""
-    return hashlib.sha256(file_stamp(path).encode()).hexdigest()[:8]
 
 
 def known_digest(cache_dir: Path, checkpoint: Path) -> str:
@@ -85,7 +68,7 @@ def known_digest(cache_dir: Path, checkpoint: Path) -> str:
     known[key] = {"stamp": stamp, "sha256": digest}
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_beside(memo)
+        tmp = temp_beside(memo)
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, memo)
     except OSError as exc:  # a read-only models folder: the digest is simply taken again next time
@@ -107,7 +90,7 @@ def export_onnx(net, path: Path) -> Path:
         torch.onnx.export(net, (mel, face), buf, input_names=list(INPUTS), output_names=["out"],
                           dynamic_axes={"mel": {0: "b"}, "face": {0: "b"}, "out": {0: "b"}}, dynamo=False)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
     return path
@@ -157,7 +140,7 @@ def optimized_session(export: Path, threads: int = 1):
             log.warning("the optimized graph %s does not load (%s); optimizing %s again", saved, exc, export)
             saved.unlink(missing_ok=True)
     options = cpu_session_options(threads)
-    tmp = _temp_beside(saved)
+    tmp = temp_beside(saved)
     options.optimized_model_filepath = str(tmp)
     try:
         session = ort.InferenceSession(str(export), options, providers=providers)
