@@ -626,3 +626,26 @@ def test_the_track_window_holds_a_1080p_frame_until_its_faces_are_final():
     pictures = ((i, np.zeros((2160, 3840, 3), np.uint8)) for i in range(3 * lag))
     out = list(track_stage(LaggingTracker(), StageTimer(), lambda _t: None)(pictures))
     assert any(picture is None for _, picture in out)
+
+
+def test_a_decoded_picture_is_handed_over_at_its_last_plain_use_and_copied_before():
+    """The frame stage copies a decoded picture only while the plan still needs it (a later output frame,
+    a blend); at its last plain use the output frame is the picture itself (no 1.2-6 MB copy a frame)."""
+    from lipsync.render.stages import SourceFrames, last_plain_uses
+    from lipsync.types import PlanFrame
+
+    plan = [PlanFrame(0), PlanFrame(1), PlanFrame(1), PlanFrame(2, 3, 0.5), PlanFrame(3), PlanFrame(2)]
+    assert last_plain_uses(plan) == {0: 0, 1: 2, 3: 4, 2: 5}
+    plan = [PlanFrame(0), PlanFrame(1, 0, 0.5)]  # read by a blend after its plain use: never handed over
+    assert last_plain_uses(plan) == {}
+
+    pictures = [np.full((4, 4, 3), i, np.uint8) for i in range(3)]
+    source = SourceFrames(iter(enumerate(pictures)), job=None)  # the stream covers every index asked
+    first = source.take(0)
+    assert first is pictures[0]
+    assert source.take(1) is pictures[1] and source.take(2) is pictures[2]
+    # A picture the stream no longer holds comes from the reader, whose cache keeps its own: a copy.
+    cached = {0: np.full((4, 4, 3), 7, np.uint8)}
+    source._reader = cached.__getitem__
+    again = source.take(0)
+    assert again is not cached[0] and np.array_equal(again, cached[0])

@@ -179,6 +179,15 @@ class SourceFrames:
             self._reader = frame_source(self.job.video, self.job.info, self._stack)
         return self._reader(index)
 
+    def take(self, index: int) -> np.ndarray:
+        """The picture for its last use in the plan, the caller's to modify: the stream's own array, handed
+        over (nobody else holds it once the track stage let it go on), or a copy of the reader's (its
+        cache keeps the original)."""
+        picture = self.get(index)
+        if self.recent.pop(index, None) is picture:
+            return picture
+        return np.array(picture, copy=True)
+
     def drain(self) -> None:
         """Read the stream to its end: the tracker's last checks run there."""
         for _ in self.stream:
@@ -201,13 +210,15 @@ def frames_stage(
     frame_bytes = width * height * 3
 
     def run(inbox: Iterator[SourceItem]) -> Iterator[Batch]:
+        last_use = last_plain_uses(job.plan)
         source = SourceFrames(inbox, job)
         try:
             for start in range(0, len(job.plan), chunk):
                 stop = min(len(job.plan), start + chunk)
                 nbytes = budget.take(frame_bytes * (stop - start))
                 with timer("frames"):
-                    frames = [render_plan_frame(source.get, job.plan[i]) for i in range(start, stop)]
+                    frames = [source.take(job.plan[i].src) if last_use.get(job.plan[i].src) == i
+                              else render_plan_frame(source.get, job.plan[i]) for i in range(start, stop)]  # fmt: skip
                 jobs = face_jobs(
                     job.plan, start, stop, views, options.pads_tuple, width, height, stats, job.voices
                 )
@@ -226,6 +237,19 @@ def frames_stage(
             source.close()
 
     return run
+
+
+def last_plain_uses(plan: Sequence) -> dict[int, int]:
+    """{source frame: the output frame that uses it last}, for the sources whose last use is as a plain
+    frame (not a blend): that output frame can take the decoded picture itself instead of a copy (a 1080p
+    frame is 6 MB of fresh memory; the copies cost 0.08 CPU s of a 148-frame job at 480p)."""
+    last: dict[int, int] = {}
+    for i, frame in enumerate(plan):
+        last[frame.src] = i
+        if frame.is_blend:
+            last[frame.src2] = -1  # read by a blend: never handed over there
+            last[frame.src] = -1
+    return {src: i for src, i in last.items() if i >= 0}
 
 
 def generate_stage(
