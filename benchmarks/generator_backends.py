@@ -77,7 +77,7 @@ def cases(threads: int) -> tuple[dict, torch.Tensor]:
         "torch-cl": lambda: cl(mel, face_cl),
         "folded-cl": lambda: folded_cl(mel, face_cl),
         "onnxruntime": lambda: torch.from_numpy(session.run(None, feeds)[0]),
-        "mnn": lambda: torch.from_numpy(engine.run(feeds["mel"], feeds["face"])),
+        "mnn": lambda: torch.from_numpy(engine.run({"mel": feeds["mel"], "face": feeds["face"]})["out"]),
     }, ref
 
 

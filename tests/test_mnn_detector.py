@@ -59,7 +59,7 @@ def test_mnn_finds_the_faces_onnxruntime_finds_in_a_worker_process(tmp_path):
     assert session.runtime == "mnn" and session.pid != os.getpid()
     assert "MNN" not in sys.modules  # this process never imports it (banners, telemetry)
     assert [p.name for p in (tmp_path / "m" / "mnn").iterdir()] == [
-        f"{DET.stem}.{mnn_runtime.short_stamp(DET)}.mnn{mnn_runtime.mnn_version()}.mnn"
+        f"{DET.name}.mnn{mnn_runtime.mnn_version()}-{mnn_runtime.short_stamp(DET)}.mnn"
     ]
     pid = session.pid
     session.close()

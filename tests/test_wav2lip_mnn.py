@@ -20,7 +20,7 @@ import pytest
 
 from lipsync.config import Settings
 from lipsync.errors import ModelError
-from lipsync.models import load_network
+from lipsync.models import load_network, mnn_runtime
 from lipsync.pipeline import LipSyncPipeline
 from lipsync.stages.lipsync import Wav2LipGenerator, generation_plan
 from lipsync.stages.wav2lip_mnn import MnnMouthGenerator, MnnUnavailable, converted_path, load_mnn_generator
@@ -207,7 +207,7 @@ def test_mnn_missing_or_unable_to_convert_falls_back_to_onnxruntime(wav2lip_file
         raise MnnUnavailable("MNN is not installed (pip install MNN)")
 
     settings = Settings(device="cpu", offline=True, models_dir=tmp_path / "m", wav2lip_checkpoint=wav2lip_file)
-    monkeypatch.setattr(mnn_mod, "mnn_version", missing)
+    monkeypatch.setattr(mnn_runtime, "mnn_version", missing)
     with caplog.at_level(logging.WARNING):
         gen = LipSyncPipeline(settings).get_generator()
     assert isinstance(gen, OnnxMouthGenerator)

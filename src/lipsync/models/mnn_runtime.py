@@ -69,6 +69,12 @@ def mnn_version() -> str:
         raise MnnUnavailable("MNN is not installed (pip install MNN)") from exc
 
 
+def converted_name(source: Path) -> str:
+    """The file name of ``source``'s MNN conversion: per MNN version and source file (its size, mtime and
+    inode: a file written again is converted again)."""
+    return f"{source.name}.mnn{mnn_version()}-{short_stamp(source)}.mnn"
+
+
 def convert(source: Path, target: Path, timeout: float = CONVERT_TIMEOUT_S) -> Path:
     """Convert the ONNX ``source`` to an MNN model at ``target`` (whole, or not at all)."""
     tmp = temp_beside(target)
@@ -225,32 +231,39 @@ def stop_all(workers: list[MnnWorker]) -> None:
 # --- any ONNX graph, as an onnxruntime-like session ------------------------------------------------------
 
 
-def graph_handler(model: Path, threads: int, _batch: int) -> Callable[[dict[str, np.ndarray]], dict]:
-    """In a worker: one MNN session of ``model``; a request is {input name: float32 array} (NCHW), the
-    answer {output name: array} for every output. Inputs of a new shape re-plan the session first."""
-    import MNN
+class GraphEngine:
+    """In a worker: one MNN session of a converted graph. ``run`` takes {input name: float32 array} (NCHW)
+    and gives {output name: array} for every output; inputs of a new shape re-plan the session first."""
 
-    interpreter = MNN.Interpreter(str(model))
-    session = interpreter.createSession({"numThread": max(1, int(threads)), "precision": "high"})
-    inputs = interpreter.getSessionInputAll(session)
-    caffe, f32 = MNN.Tensor_DimensionType_Caffe, MNN.Halide_Type_Float
+    def __init__(self, model: Path, threads: int) -> None:
+        import MNN
 
-    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._mnn = MNN
+        self.interpreter = MNN.Interpreter(str(model))
+        self.session = self.interpreter.createSession({"numThread": max(1, int(threads)), "precision": "high"})
+        self.inputs = self.interpreter.getSessionInputAll(self.session)
+        self.outputs = set(self.interpreter.getSessionOutputAll(self.session))
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mnn, interpreter, inputs = self._mnn, self.interpreter, self.inputs
         unknown = set(feed) - set(inputs)
         if unknown:
             raise ValueError(f"no input named {sorted(unknown)} (the model's: {sorted(inputs)})")
         if any(tuple(inputs[name].getShape()) != array.shape for name, array in feed.items()):
             for name, array in feed.items():
                 interpreter.resizeTensor(inputs[name], array.shape)
-            interpreter.resizeSession(session)
+            interpreter.resizeSession(self.session)
         for name, array in feed.items():
             array = np.ascontiguousarray(array, dtype=np.float32)
-            inputs[name].copyFrom(MNN.Tensor(array.shape, f32, array, caffe))
-        interpreter.runSession(session)
-        outputs = interpreter.getSessionOutputAll(session)
+            inputs[name].copyFrom(mnn.Tensor(array.shape, mnn.Halide_Type_Float, array, mnn.Tensor_DimensionType_Caffe))
+        interpreter.runSession(self.session)
+        outputs = interpreter.getSessionOutputAll(self.session)
         return {name: np.array(tensor.getNumpyData(), copy=True) for name, tensor in outputs.items()}
 
-    return run
+
+def graph_handler(model: Path, threads: int, _batch: int) -> Callable[[dict[str, np.ndarray]], dict]:
+    """In a worker (ENGINES["graph"]): a request is a GraphEngine's feed, the answer its outputs."""
+    return GraphEngine(model, threads).run
 
 
 class MnnGraphSession:
@@ -264,7 +277,7 @@ class MnnGraphSession:
         self.fallback = fallback
         self._lock = threading.Lock()
         self._worker: MnnWorker | None = MnnWorker("graph", self.model, threads)
-        self._finalizer = weakref.finalize(self, _stop_quietly, [self._worker])
+        self._finalizer = weakref.finalize(self, stop_all, [self._worker])
 
     def get_inputs(self):
         return self.fallback.get_inputs()
@@ -288,17 +301,13 @@ class MnnGraphSession:
             worker = self._worker
             if worker is not None:
                 try:
-                    try:
-                        worker.ready()
-                    except MnnUnavailable:
-                        raise
-                    except ModelError:  # the converted file does not load: the next load converts again
-                        self.model.unlink(missing_ok=True)
-                        raise
+                    worker.ready()
                     answer = worker.ask({name: np.ascontiguousarray(a) for name, a in feed.items()})
                     names = output_names or [o.name for o in self.get_outputs()]
                     return [answer[name] for name in names]  # type: ignore[index]
                 except (ModelError, KeyError) as exc:
+                    if not worker.loaded and not isinstance(exc, MnnUnavailable):
+                        self.model.unlink(missing_ok=True)  # it does not load: the next load converts again
                     log.warning("MNN could not run %s (%s); onnxruntime runs it from now on",
                                 self.model.name, exc)  # fmt: skip
                     self._worker = None
@@ -309,19 +318,13 @@ class MnnGraphSession:
         self._finalizer()
 
 
-def _stop_quietly(workers: list[MnnWorker]) -> None:
-    for worker in workers:
-        if worker.alive():
-            worker.stop()
-
-
 def graph_session(onnx_path: Path, cache_dir: Path, fallback, *, threads: int = 1) -> MnnGraphSession:
     """An MnnGraphSession of the ONNX file ``onnx_path``, converting it first when ``cache_dir`` holds no
-    conversion of this file (``<stem>.<stamp>.mnn<version>.mnn``: per file and MNN version).
+    conversion of this file (``converted_name``).
     MnnUnavailable when MNN is missing or cannot convert it. A converted copy that turns out not to load
     is deleted at its first run (the session then runs onnxruntime), so the next load converts again."""
     onnx_path = Path(onnx_path)
-    target = Path(cache_dir) / f"{onnx_path.stem}.{short_stamp(onnx_path)}.mnn{mnn_version()}.mnn"
+    target = Path(cache_dir) / converted_name(onnx_path)
     if not target.is_file():
         log.info("converting %s for MNN (once per file and MNN version)", onnx_path.name)
         convert(onnx_path, target)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import queue
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,72 +27,40 @@ import numpy as np
 from lipsync.errors import ModelError
 from lipsync.models.mnn_runtime import (
     LOAD_TIMEOUT_S,
+    GraphEngine,
     MnnUnavailable,
     MnnWorker,
     convert,
-    mnn_version,
+    converted_name,
     stop_all,
 )
-from lipsync.models.stamps import short_stamp
-from lipsync.stages.lipsync import FACE_SIZE, MEL_BINS, MEL_STEPS, build_inputs, default_batch_size
+from lipsync.stages.lipsync import FACE_SIZE, build_inputs, default_batch_size
 
-__all__ = ["MnnMouthGenerator", "MnnUnavailable", "convert", "converted_path", "load_mnn_generator", "mnn_version"]
+__all__ = ["MnnMouthGenerator", "MnnUnavailable", "convert", "converted_path", "load_mnn_generator"]
 
 log = logging.getLogger(__name__)
 
 
 def converted_path(export: Path) -> Path:
-    """Where the MNN model of ``export`` is kept: per MNN version and export file (its size, mtime and
-    inode: an export written again is converted again)."""
-    return export.with_name(f"{export.name}.mnn{mnn_version()}-{short_stamp(export)}.mnn")
+    """Where the MNN model of ``export`` is kept: beside it (lipsync.models.mnn_runtime.converted_name)."""
+    return export.with_name(converted_name(export))
 
 
-@dataclass
-class _Engine:
-    """One MNN Interpreter with its session, in a worker process: runs one forward at a time."""
-
-    interpreter: object
-    session: object
-    mel: object
-    face: object
-    batch: int = 0
-
-    def run(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-        import MNN
-
-        n = len(face)
-        if n != self.batch:  # the last batch of a job is shorter; resizing only re-plans the buffers
-            self.interpreter.resizeTensor(self.mel, (n, 1, MEL_BINS, MEL_STEPS))
-            self.interpreter.resizeTensor(self.face, (n, 6, FACE_SIZE, FACE_SIZE))
-            self.interpreter.resizeSession(self.session)
-            self.batch = n
-        caffe, f32 = MNN.Tensor_DimensionType_Caffe, MNN.Halide_Type_Float
-        self.mel.copyFrom(MNN.Tensor(mel.shape, f32, mel, caffe))
-        self.face.copyFrom(MNN.Tensor(face.shape, f32, face, caffe))
-        self.interpreter.runSession(self.session)
-        return np.asarray(self.interpreter.getSessionOutput(self.session, "out").getNumpyData())
-
-
-def _engine(model: Path, threads: int) -> _Engine:
-    import MNN
-
-    interpreter = MNN.Interpreter(str(model))
-    session = interpreter.createSession({"numThread": max(1, int(threads)), "precision": "high"})
-    face = interpreter.getSessionInput(session, "face")
-    mel = interpreter.getSessionInput(session, "mel")
-    if face is None or mel is None or interpreter.getSessionOutput(session, "out") is None:
+def _engine(model: Path, threads: int) -> GraphEngine:
+    engine = GraphEngine(model, threads)
+    if not {"mel", "face"} <= set(engine.inputs) or "out" not in engine.outputs:
         raise ModelError(f"{model} is not a Wav2Lip model (inputs mel and face, output out)")
-    return _Engine(interpreter, session, mel, face)
+    return engine
 
 
-def generate(engine: _Engine, faces: np.ndarray, mels: np.ndarray, batch_size: int) -> np.ndarray:
+def generate(engine: GraphEngine, faces: np.ndarray, mels: np.ndarray, batch_size: int) -> np.ndarray:
     """(N, 96, 96, 3) BGR faces and (N, 80, 16) mels -> (N, 96, 96, 3) BGR faces, in batches."""
     out = np.empty((len(faces), FACE_SIZE, FACE_SIZE, 3), np.uint8)
     inputs = build_inputs(faces)
     mel_in = np.ascontiguousarray(mels, dtype=np.float32)[:, None]
     for start in range(0, len(faces), batch_size):
         stop = min(len(faces), start + batch_size)
-        pred = engine.run(mel_in[start:stop], inputs[start:stop])
+        pred = engine.run({"mel": mel_in[start:stop], "face": inputs[start:stop]})["out"]
         if pred.shape != (stop - start, 3, FACE_SIZE, FACE_SIZE):
             raise ModelError(f"the MNN model gave {pred.shape} for {stop - start} faces")
         out[start:stop] = np.rint(np.clip(pred, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
