@@ -11,6 +11,7 @@ import click
 from lipsync import __version__
 from lipsync.cli._common import ERROR_EXIT, echo_error
 from lipsync.errors import LipSyncError
+from lipsync.malloc_tuning import tune_malloc
 
 # name -> module:attribute; imported lazily so `lipsync --version` stays fast and one broken
 # optional dependency does not take every subcommand down with it.
@@ -49,6 +50,7 @@ def cli(log_level: str | None) -> None:
 
 def main() -> None:
     """Console entry point: user errors become one clear line and exit code 2, never a traceback."""
+    tune_malloc()  # before any thread starts: see lipsync.malloc_tuning
     try:
         # A command that already printed its errors (one line each) ends with ctx.exit(ERROR_EXIT), which
         # click hands back as the return value when not in standalone mode.
