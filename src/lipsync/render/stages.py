@@ -39,6 +39,7 @@ from lipsync.render.stats import PipelineStats, StageTimer
 from lipsync.stages.enhance import FaceEnhancer
 from lipsync.stages.frames import render_plan_frame
 from lipsync.stages.lipsync import MouthGenerator, batch_parts, generation_plan, torch_threads
+from lipsync.stages.poisson_host import load_transforms
 from lipsync.types import Track, TrackPoint
 
 # Decoded pictures the track stage holds while their faces are not final yet; beyond this the oldest
@@ -334,6 +335,10 @@ def composite_stage(
     options: LipSyncOptions, timer: StageTimer, stats: PipelineStats
 ) -> Callable[[Iterator[Batch]], Iterator[Batch]]:
     def run(inbox: Iterator[Batch]) -> Iterator[Batch]:
+        if options.poisson_blending and options.poisson_solver == "dst":
+            # The sine transforms' module loads now, while this stage waits for its first batch (the
+            # network's first forward), rather than in the middle of compositing it.
+            load_transforms()
         # Compositing is OpenCV work that releases the GIL: the frames of a batch run in parallel.
         with ThreadPoolExecutor(COMPOSITE_THREADS, "lipsync-composite") as pool:
             for batch in inbox:
