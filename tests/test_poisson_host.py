@@ -50,12 +50,12 @@ def test_agrees_with_seamless_clone_on_real_faces(shared_media, photo):
 
 def test_sine_transform_matches_its_definition():
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 7, 11)).astype(np.float32)
+    x = rng.standard_normal((7, 11, 2)).astype(np.float32)  # (h, w, channels)
     j = np.arange(1, 8)[:, None] * np.arange(1, 8)[None, :]
     sy = 2.0 * np.sin(np.pi * j / 8)
     i = np.arange(1, 12)[:, None] * np.arange(1, 12)[None, :]
     sx = 2.0 * np.sin(np.pi * i / 12)
-    expected = np.einsum("ky,cyx,xl->ckl", sy, x.astype(np.float64), sx)
+    expected = np.einsum("ky,yxc,xl->klc", sy, x.astype(np.float64), sx)
     got = _dst2(x.copy())
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
