@@ -127,7 +127,9 @@ class VideoWriter:
         pad_b, pad_r = self.height & 1, self.width & 1
         if pad_b or pad_r:
             frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, pad_b, 0, pad_r, cv2.BORDER_REPLICATE)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24").reformat(
+        # from_numpy_buffer wraps the array (from_ndarray would copy it first); the conversion makes the
+        # encoder's own frame, so nothing keeps the array after this call.
+        vf = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame_bgr), format="bgr24").reformat(
             format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG"
         )
         vf.pts = self.frames_written
