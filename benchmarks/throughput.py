@@ -110,12 +110,10 @@ def measure_clip(spec: dict) -> dict:
     row["decode_fps"] = _rate(n, time.perf_counter() - t)
 
     enc = resolve_encoder(options.encoder, options.crf, options.preset, spec["device"])
-    row["encoder"] = (f"{enc.codec} {enc.preset}{' + ' + enc.x264_params if enc.x264_params else ''} crf {enc.crf}"
-                      f"{f', {enc.threads} threads' if enc.threads else ''}")
+    row["encoder"] = f"{enc.codec} {enc.preset}{' + ' + enc.x264_params if enc.x264_params else ''} crf {enc.crf}"
     t = time.perf_counter()
     with VideoWriter(work / f"enc_{spec['clip']}.mp4", info.display_width, info.display_height, info.fps,
-                     crf=enc.crf, preset=enc.preset, codec=enc.codec, x264_params=enc.x264_params,
-                     threads=enc.threads) as writer:  # fmt: skip
+                     crf=enc.crf, preset=enc.preset, codec=enc.codec, x264_params=enc.x264_params) as writer:  # fmt: skip
         for i in range(n):
             writer.write(cached[i % len(cached)])
     row["encode_fps"] = _rate(n, time.perf_counter() - t)

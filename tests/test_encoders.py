@@ -115,20 +115,3 @@ def test_the_default_preset_comes_with_the_light_motion_search_and_a_named_one_i
             writer.write(frame)
     settings = out.read_bytes()
     assert b"me=dia" in settings and b"subme=1" in settings
-
-
-def test_cpu_renders_give_libx264_one_thread_per_four_cores_and_gpu_renders_x264s_own_choice(tmp_path):
-    from lipsync.media.encoders import cpu_encoder_threads
-
-    assert [cpu_encoder_threads(c) for c in (1, 2, 4, 8, 16)] == [1, 1, 1, 2, 4]
-    assert resolve_encoder("libx264", None, None, "cpu").threads == cpu_encoder_threads()
-    assert resolve_encoder("libx264", 20, "medium", "cpu").threads == cpu_encoder_threads()
-    assert resolve_encoder("libx264", None, None, "cuda:0").threads == 0  # x264 picks (1.5x the cores)
-    # The count reaches x264: its settings string (an SEI in the stream) names it.
-    frame = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
-    for threads in (1, 2):
-        out = tmp_path / f"t{threads}.mp4"
-        with VideoWriter(out, 96, 64, 25, preset="veryfast", threads=threads) as writer:
-            for _ in range(3):
-                writer.write(frame)
-        assert f" threads={threads} ".encode() in out.read_bytes()

@@ -37,14 +37,6 @@ So 0.55x the CPU for a file 7 % larger at the same crf (at equal PSNR about 19 %
 (a Chaplin render: 32.4 instead of 31.3 fps), and on a GPU server libx264 is what limits the whole run.
 A ``preset`` given explicitly is x264's own, unchanged (``veryfast`` gives the plain veryfast file).
 
-Threads: x264's frame threads buy speed with CPU (each frame waits on rows of the one before it, the
-look-ahead syncs with them). Where the render is on the CPU, the network needs the cores far more than
-the encoder needs the speed, so libx264 gets one thread per four cores (``cpu_encoder_threads``; one on
-this 2-core VM) and x264's own choice (1.5x the cores) on a GPU server, where the encoder is what limits
-the run. Chaplin, 148 frames, default settings, best of 4: 0.54 CPU s with one thread against 0.60 with
-x264's three (wall 0.54 against 0.38 s: 274 fps, far above the 2-core render's 31); 1080p, 120 frames:
-1.44 against 1.58 CPU s (83 fps single-threaded, the render 14). The output is the same file size.
-
 ``h264_nvenc`` is used when asked for (``encoder=h264_nvenc``, or ``auto`` on a CUDA device) and an
 NVENC-capable GPU answers; otherwise libx264, with a log line. H100/H200 have no NVENC engine.
 """
@@ -52,7 +44,6 @@ NVENC-capable GPU answers; otherwise libx264, with a log line. H100/H200 have no
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -77,14 +68,12 @@ _NVENC_PRESETS = {
 @dataclass(frozen=True)
 class EncoderSettings:
     """The resolved choice: the FFmpeg encoder name, its crf (NVENC: constant quality ``cq``), its
-    x264-style preset name, x264 options on top of the preset (libx264 only) and libx264's frame
-    threads (0: x264 picks)."""
+    x264-style preset name and x264 options on top of the preset (libx264 only)."""
 
     codec: Literal["libx264", "h264_nvenc"] = "libx264"
     crf: int = 18
     preset: str = "veryfast"
     x264_params: str = ""
-    threads: int = 0
 
     def stream_options(self) -> dict[str, str]:
         """FFmpeg private options for the stream."""
@@ -103,19 +92,14 @@ def device_defaults(device_type: str) -> tuple[str, int]:
     return DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cpu"])
 
 
-def cpu_encoder_threads(cores: int | None = None) -> int:
-    """libx264's threads where the render runs on the CPU: one per four cores (see the module docstring)."""
-    return max(1, (cores or os.cpu_count() or 1) // 4)
-
-
 def resolve_encoder(
     choice: EncoderChoice = "libx264",
     crf: int | None = None,
     preset: str | None = None,
     device_type: str = "cpu",
 ) -> EncoderSettings:
-    """The one place a job's encoder, crf, preset and threads are decided (None = the device's default;
-    the default preset comes with LIGHT_MOTION).
+    """The one place a job's encoder, crf and preset are decided (None = the device's default; the
+    default preset comes with LIGHT_MOTION).
     ``device_type``: ``cpu``, ``cuda`` or a device string such as ``cuda:1``; anything else counts as cpu."""
     device_type = "cuda" if str(device_type).startswith("cuda") else "cpu"
     default_preset, default_crf = device_defaults(device_type)
@@ -130,11 +114,9 @@ def resolve_encoder(
             log.warning("encoder=h264_nvenc: this machine has no usable NVENC encoder; using libx264 instead")
         else:
             log.info("encoder=auto: no NVENC on this GPU; using libx264")
-    threads = cpu_encoder_threads() if device_type == "cpu" and codec == "libx264" else 0
-    settings = EncoderSettings(codec, crf, preset, x264_params if codec == "libx264" else "", threads)
-    log.info("encoder %s, crf %d, preset %s%s%s", settings.codec, settings.crf, settings.preset,
-             f" + {settings.x264_params}" if settings.x264_params else "",
-             f", {threads} thread{'s' if threads > 1 else ''}" if threads else "")  # fmt: skip
+    settings = EncoderSettings(codec, crf, preset, x264_params if codec == "libx264" else "")
+    log.info("encoder %s, crf %d, preset %s%s", settings.codec, settings.crf, settings.preset,
+             f" + {settings.x264_params}" if settings.x264_params else "")  # fmt: skip
     return settings
 
 

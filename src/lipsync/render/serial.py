@@ -106,7 +106,7 @@ def open_writer(
     width, height = job.info.display_width, job.info.display_height
     writer = VideoWriter(
         partial, width, height, job.fps, crf=enc.crf, preset=enc.preset, codec=enc.codec, audio=audio,
-        x264_params=enc.x264_params, threads=enc.threads,
+        x264_params=enc.x264_params,
     )  # fmt: skip
     return stack.enter_context(writer)
 
