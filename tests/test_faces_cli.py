@@ -96,6 +96,25 @@ def test_track_without_characters_finds_the_face(tmp_path, face_image):
     assert char["id"] == "face" and len(char["frames"]) == N
 
 
+def test_track_json_dash_writes_the_tracks_to_stdout_and_the_summary_to_stderr(tmp_path, face_image):
+    if importlib.util.find_spec("dlib") is None:
+        pytest.skip("needs the offline extra (dlib-bin, face_recognition_models)")
+    import subprocess
+    import sys
+
+    clip = _clip(tmp_path, face_image)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from lipsync.cli import main; main()", "track", "--video", str(clip),
+         "--backend", "dlib", "--json", "-", "--no-progress", "--sample-every", "10"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (char,) = json.loads(proc.stdout)["characters"]  # stdout is the JSON and nothing else
+    assert char["id"] == "face" and len(char["frames"]) == N
+    assert f"face (face): in {N}/{N} frames" in proc.stderr
+    assert not (tmp_path / "-").exists()
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

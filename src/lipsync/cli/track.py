@@ -28,8 +28,9 @@ from lipsync.types import DEVICE_CHOICES, FACE_BACKENDS
     "Without any, the most prominent face is tracked as 'face'.",
 )  # fmt: skip
 @add_options(TrackOptions)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the tracks as JSON here.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              default=None, help="Write the tracks as JSON here; '-' writes them to standard output (the "
+              "summary then goes to standard error).")  # fmt: skip
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the visual check (MP4 with the source audio) here.")  # fmt: skip
 @click.option("--backend", type=click.Choice(FACE_BACKENDS), default=None,
@@ -69,7 +70,8 @@ def track(
         overrides["device"] = device
     settings = Settings(**overrides)
     info = probe_input(video, MediaLimits.from_settings(settings), "video", need="video")
-    check_outputs({"out": out, "json": json_path})
+    to_stdout = json_path == Path("-")
+    check_outputs({"out": out, "json": None if to_stdout else json_path})
     store = ModelStore(settings)
     ensure_models(store, needs_for_tracking(settings))  # all missing face models in one error
     faces = create_face_backend(settings, store)
@@ -80,21 +82,25 @@ def track(
             cache=TrackCache.from_settings(settings), settings=settings,
         )  # fmt: skip
         if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(
-                json.dumps(tracks_to_json(tracks, info.fps, info.num_frames), indent=1) + "\n"
-            )
+            text = json.dumps(tracks_to_json(tracks, info.fps, info.num_frames), indent=1) + "\n"
+            if to_stdout:
+                click.echo(text, nl=False)
+            else:
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                json_path.write_text(text)
         if out is not None:
             render_tracking(video, tracks, out, info=info, progress=bar.for_label("rendering"))
 
+    # With the JSON on standard output, the summary keeps out of it.
     if not tracks:
-        click.echo(f"no face found in {video.name} ({info.num_frames} frames)")
+        click.echo(f"no face found in {video.name} ({info.num_frames} frames)", err=to_stdout)
     for t in tracks:
         detected = sum(not p.interpolated for p in t.points.values())
         click.echo(
             f"{t.name} ({t.character_id}): in {len(t)}/{info.num_frames} frames "
-            f"({detected} detected, {len(t) - detected} interpolated)"
+            f"({detected} detected, {len(t) - detected} interpolated)",
+            err=to_stdout,
         )
-    for path in (json_path, out):
+    for path in (None if to_stdout else json_path, out):
         if path is not None:
-            click.echo(f"wrote {path}")
+            click.echo(f"wrote {path}", err=to_stdout)
