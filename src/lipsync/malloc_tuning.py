@@ -28,7 +28,6 @@ GLIBC_TUNABLES) means the operator chose: then nothing is changed. Other C libra
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -63,7 +62,9 @@ def tune_malloc(environ: dict[str, str] | None = None) -> bool:
             log.debug("malloc left as configured (%s)", ", ".join(chosen))
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library this interpreter runs on (its own symbols: no library search, which can spawn
+        # ldconfig at every start of the command).
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
         # gnu_get_libc_version exists only in glibc: musl has a mallopt that ignores everything.
         libc.gnu_get_libc_version  # noqa: B018
