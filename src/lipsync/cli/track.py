@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from lipsync.cli._common import ProgressBar, check_outputs, parse_character_specs
+from lipsync.cli._common import ProgressBar, check_outputs, parse_character_specs, write_text
 from lipsync.cli.options import add_options, options_from_cli
 from lipsync.config import Settings
 from lipsync.options import TrackOptions
@@ -86,8 +86,7 @@ def track(
             if to_stdout:
                 click.echo(text, nl=False)
             else:
-                json_path.parent.mkdir(parents=True, exist_ok=True)
-                json_path.write_text(text)
+                write_text(json_path, text)
         if out is not None:
             render_tracking(video, tracks, out, info=info, progress=bar.for_label("rendering"))
 

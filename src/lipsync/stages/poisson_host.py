@@ -43,7 +43,7 @@ def seamless_clone(source: np.ndarray, dest: np.ndarray, mask: np.ndarray) -> np
     ey0, ey1, ex0, ex1 = max(0, y - 3), min(dest.shape[0], y + h + 3), max(0, x - 3), min(dest.shape[1], x + w + 3)
     guide = cv2.erode(support[ey0:ey1, ex0:ex1], _ERODE)[y - ey0 : y - ey0 + h, x - ex0 : x - ex0 + w]
     rect = (slice(y, y + h), slice(x, x + w))
-    out[rect] = _solve(source[rect], dest[rect], guide.astype(bool))
+    _solve(source[rect], dest[rect], guide.astype(bool), out[rect])
     return out
 
 
@@ -65,9 +65,9 @@ def _dst2(x: np.ndarray) -> np.ndarray:
     return fft.dstn(x, type=1, axes=(0, 1), overwrite_x=True, workers=1)
 
 
-def _solve(source: np.ndarray, dest: np.ndarray, guide: np.ndarray) -> np.ndarray:
-    """One rectangle: (h, w, 3) uint8 source and frame and the (h, w) eroded mask (bool) -> the (h, w, 3)
-    uint8 solution, its border the frame's own.
+def _solve(source: np.ndarray, dest: np.ndarray, guide: np.ndarray, out: np.ndarray) -> None:
+    """One rectangle: (h, w, 3) uint8 source and frame and the (h, w) eroded mask (bool); the solution's
+    interior is written into ``out`` (the frame's copy of the rectangle: its border, the frame's own, stays).
 
     Solved as the frame plus a correction ``e``: the guidance field is the frame's gradient plus, under the
     eroded mask, the gradient of (source - frame); the frame satisfies its own part, so ``e`` solves the
@@ -104,7 +104,5 @@ def _solve(source: np.ndarray, dest: np.ndarray, guide: np.ndarray) -> np.ndarra
     coeff /= eigen
     solved = _dst2(coeff.reshape(ih, iw, 3))
     solved += dest[1:-1, 1:-1]
-    result = dest.copy()
     # Truncated, not rounded, as OpenCV converts its float solution.
-    result[1:-1, 1:-1] = np.clip(solved, 0.0, 255.0, out=solved).astype(np.uint8)
-    return result
+    out[1:-1, 1:-1] = np.clip(solved, 0.0, 255.0, out=solved).astype(np.uint8)
