@@ -16,7 +16,10 @@ Per clip, in one subprocess (so its peak RSS is its own), with the pipeline's ow
   minutes apart, put the ratio anywhere between 0.68 and 0.87 in three runs of the same code;
 * peak RSS.
 
-Clips: the real Chaplin clip (../shared/media/talking_chaplin_850x480_30fps.mp4 with the 5 s mp3) and
+Clips: the real Chaplin clip (../shared/media/talking_chaplin_850x480_30fps.mp4 with the 5 s mp3: 148
+output frames, so a job's fixed costs, its set-up and the pipeline's fill and drain, weigh in), ``chaplin_20s``
+(a 21 s real video: that clip forward, reversed and forward again, no cut, with the 19.8 s speech of
+../shared/media: 594 frames, the steady state of a longer job, the tracker running throughout) and
 synthetic 480p / 720p / 1080p talking heads (a real portrait panned, zoomed and "talking", as
 benchmarks/pipeline.py makes them) of ``--seconds`` each, with as much synthetic speech.
 
@@ -38,7 +41,7 @@ ships the larger SCRFD-10G, whose weights are not in the store) and an ArcFace I
 with random weights (benchmarks/_arcface.py); ``--faces dlib`` uses the offline dlib backend, as the issue's
 first measurement did. The tracking cache is off except in the whole-process "second run" rows.
 
-Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,480p,720p,1080p] [--repeats 2]
+Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,chaplin_20s,480p,720p,1080p] [--repeats 2]
         [--rounds 3] [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer] [--enhance]
 Writes benchmarks/results/throughput.json. ``--enhance`` adds each clip's job with GFPGAN on (random
 weights of the real layout), for the CUDA target of 3x realtime at 1080p25; every clip row also gives its
@@ -68,6 +71,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CHAPLIN = SHARED / "media" / "talking_chaplin_850x480_30fps.mp4"
 CHAPLIN_AUDIO = SHARED / "media" / "speech_44k_mono_5s.mp3"
+LONG_SPEECH = SHARED / "media" / "speech_16k_mono_19.8s_long.wav"
 SCRFD = SHARED / "models" / "scrfd_2.5g_bnkps_320.onnx"  # buffalo_l's detector family, fixed 320 input
 SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 sys.path.insert(0, str(REPO / "tests"))  # seeded checkpoint writers and clip builders live with the tests
@@ -192,6 +196,21 @@ def measure_clip(spec: dict) -> dict:
     if spec.get("box_out"):
         Path(spec["box_out"]).write_text(json.dumps(peer_box(tracks[0], options.pads_tuple, info)))
     return row
+
+
+def there_and_back(video: Path, out: Path, passes: int) -> Path:
+    """``video`` played forward, backward, forward ... (``passes`` times; no cut, so tracking follows one
+    face throughout), re-encoded at crf 18: a longer real clip from a short one."""
+    from lipsync.media import VideoWriter, iter_frames, probe
+
+    info = probe(video)
+    frames = list(iter_frames(video, info=info))
+    size = (info.display_width, info.display_height)
+    with VideoWriter(out, *size, info.fps, crf=18, preset="veryfast") as writer:
+        for k in range(passes):
+            for frame in frames if k % 2 == 0 else reversed(frames):
+                writer.write(frame)
+    return out
 
 
 def forward_rates(gen, faces, mels, one_reps: int, plan_reps: int, workers: int, threads: int | None) -> dict:
@@ -327,7 +346,7 @@ def startup(spec: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s synthetic clips, 0.1/0.5-minute RSS pair")
-    parser.add_argument("--clips", default="chaplin,480p,720p,1080p")
+    parser.add_argument("--clips", default="chaplin,chaplin_20s,480p,720p,1080p")
     parser.add_argument("--seconds", type=float, default=None, help="length of the synthetic clips (10)")
     parser.add_argument("--rss-minutes", default=None, help="the two lengths for the memory rows (1,10)")
     parser.add_argument("--peer-git", default=None)
@@ -391,6 +410,9 @@ def main() -> None:
             if clip == "chaplin":
                 specs.append({**base, "clip": clip, "video": str(CHAPLIN), "audio": str(CHAPLIN_AUDIO),
                               "box_out": str(work / "box.json")})  # fmt: skip
+            elif clip == "chaplin_20s":
+                video = there_and_back(CHAPLIN, work / "chaplin_20s.mp4", passes=3)
+                specs.append({**base, "clip": clip, "video": str(video), "audio": str(LONG_SPEECH)})
             else:
                 w, h = SIZES[clip]
                 video = talking_clip(work / f"{clip}.mp4", seconds, w, h)
