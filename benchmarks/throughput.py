@@ -19,7 +19,7 @@ Per clip, in one subprocess (so its peak RSS is its own), with the pipeline's ow
 Clips: the real Chaplin clip (../shared/media/talking_chaplin_850x480_30fps.mp4 with the 5 s mp3: 148
 output frames, so a job's fixed costs, its set-up and the pipeline's fill and drain, weigh in), ``chaplin_20s``
 (a 21 s real video: that clip forward, reversed and forward again, no cut, with the 19.8 s speech of
-../shared/media: 594 frames, the steady state of a longer job, the tracker running throughout) and
+../shared/media: 596 frames, the steady state of a longer job, the tracker running throughout) and
 synthetic 480p / 720p / 1080p talking heads (a real portrait panned, zoomed and "talking", as
 benchmarks/pipeline.py makes them) of ``--seconds`` each, with as much synthetic speech.
 
