@@ -162,8 +162,8 @@ class LipSyncOptions(TrackOptions):
     )  # fmt: skip
     poisson_solver: PoissonSolver = Field(
         "dst", description="How the Poisson blend is solved: dst (cv2.seamlessClone's equations solved "
-        "with OpenCV's DFT over all three channels at once; within 1 grey level of seamlessClone and 2-4x "
-        "faster) or opencv (cv2.seamlessClone itself).",
+        "with scipy's sine transforms over all three channels at once; within 1 grey level of seamlessClone "
+        "and 4-6x faster) or opencv (cv2.seamlessClone itself).",
         json_schema_extra=_meta("compositing", LIPSYNC),
     )  # fmt: skip
     occlusion_mask: EnhanceChoice = Field(

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CompositeMethod = Literal["poisson", "feather"]
 #: How the Poisson blend is solved: "dst", seamlessClone's equations solved by stages.poisson_host (within
-#: 1 grey level of it, 2-4x faster); "opencv", cv2.seamlessClone itself.
+#: 1 grey level of it, 4-6x faster); "opencv", cv2.seamlessClone itself.
 PoissonSolver = Literal["dst", "opencv"]
 MaskSource = np.ndarray | Callable[[], np.ndarray]
 
