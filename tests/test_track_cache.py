@@ -177,3 +177,76 @@ def test_the_cache_can_be_turned_off_by_setting_and_env(tmp_path, media, monkeyp
     _run(off, media, tmp_path / "a.mp4")
     _, backend = _run(off, media, tmp_path / "b.mp4")
     assert backend.detect_calls > 0 and not (tmp_path / "off").exists()
+
+
+def _tampered(cache: TrackCache, key: str, change) -> Path:
+    """An entry written as put writes it, then one member changed by ``change(arrays)`` (a well-formed
+    zip: only the content checks can catch it)."""
+    arrays = tc._arrays(key, [_track(10)])
+    change(arrays)
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    with cache.path(key).open("wb") as fh:
+        np.savez(fh, **arrays)
+    return cache.path(key)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda a: a.__setitem__("boxes0", a["boxes0"].astype(np.float32)),  # dtype
+        lambda a: a.__setitem__("landmarks0", a["landmarks0"].reshape(-1, 10)),  # shape
+        lambda a: a.__setitem__("similarity0", a["similarity0"][:-1]),  # length
+        lambda a: a["boxes0"].__setitem__((3, 1), np.nan),  # non-finite
+        lambda a: a["landmarks0"].__setitem__((2, 0, 0), np.inf),
+        lambda a: a.__setitem__("frames0", a["frames0"][::-1].copy()),  # out of order
+        lambda a: a.pop("interpolated0"),  # a member missing
+        lambda a: a.__setitem__("meta", np.frombuffer(b"{not json", np.uint8)),
+    ],
+    ids=["dtype", "shape", "length", "nan_box", "inf_landmark", "order", "missing", "meta"],
+)
+def test_an_entry_failing_a_content_check_is_ignored_and_deleted(tmp_path, change, caplog):
+    cache = TrackCache(tmp_path / "c")
+    path = _tampered(cache, "k" * 64, change)
+    with caplog.at_level("WARNING", logger="lipsync.stages.track_cache"):
+        assert cache.get("k" * 64, 10) is None
+    assert not path.exists()
+    assert "ignoring the bad entry" in caplog.text
+    # The untampered entry reads back, so it is the change that was caught.
+    good = _tampered(cache, "g" * 64, lambda a: None)
+    assert cache.get("g" * 64, 10) is not None and good.exists()
+
+
+def test_a_cache_that_cannot_be_written_only_logs(tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    cache = TrackCache(blocker / "cache")
+    with caplog.at_level("WARNING", logger="lipsync.stages.track_cache"):
+        cache.put("k" * 64, [_track(3)])  # raises nothing
+    assert "could not store tracks" in caplog.text
+    assert cache.get("k" * 64, 3) is None
+
+
+def test_the_backend_fingerprint_follows_its_model_files(tmp_path):
+    class Backend:
+        name = "scrfd"
+
+        def __init__(self):
+            self.det_size = 320
+            self.detector = None
+            self.recognizer = None
+
+    det = tmp_path / "det.onnx"
+    det.write_bytes(b"x" * 100)
+    settings = Settings(det_model=str(det))
+    before = tc.backend_fingerprint(Backend(), settings)
+    assert before == tc.backend_fingerprint(Backend(), settings)
+    det.write_bytes(b"y" * 120)  # another detector file: its tracks are not these
+    assert tc.backend_fingerprint(Backend(), settings) != before
+    other = Backend()
+    other.det_size = 640
+    assert tc.backend_fingerprint(other, settings) != tc.backend_fingerprint(Backend(), settings)
+
+    class Named(Backend):
+        cache_id = "my-backend-v2"
+
+    assert tc.backend_fingerprint(Named(), settings) == "my-backend-v2"
