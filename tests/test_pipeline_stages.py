@@ -246,3 +246,49 @@ def test_wav2lip_fp16_on_cuda_matches_fp32_on_cpu():
     assert gpu_gen.dtype == torch.float16
     gpu = gpu_gen(faces, mels)
     assert np.abs(cpu.astype(int) - gpu.astype(int)).mean() < 2.0
+
+
+class _FailingWriter:
+    """A VideoWriter stand-in that fails on its ``fail_at``-th frame, as an encoder error would."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.fail_at, self.written = fail_at, 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.written == self.fail_at:
+            raise RuntimeError("encoder broke")
+        self.written += 1
+
+
+def test_background_encoder_writes_in_order_and_joins():
+    from lipsync.stages.encode import BackgroundEncoder
+
+    seen = []
+
+    class Writer:
+        def write(self, frame):
+            seen.append(int(frame[0, 0, 0]))
+
+    encoder = BackgroundEncoder(Writer())  # type: ignore[arg-type]
+    for start in range(0, 12, 4):
+        encoder.put([np.full((2, 2, 3), i, np.uint8) for i in range(start, start + 4)])
+    encoder.join()
+    assert seen == list(range(12))
+    assert encoder.busy_seconds >= 0.0
+
+
+def test_background_encoder_hands_its_error_to_the_caller_and_stops():
+    from lipsync.stages.encode import BackgroundEncoder
+
+    writer = _FailingWriter(fail_at=5)
+    encoder = BackgroundEncoder(writer)  # type: ignore[arg-type]
+    batch = [np.zeros((2, 2, 3), np.uint8)] * 4
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        for _ in range(50):  # a later put (or the join) raises the worker's error
+            encoder.put(batch)
+        encoder.join()
+    assert writer.written == 5  # nothing after the failing frame was written
+    encoder.stop()  # the error path: returns, raising nothing
+    assert not encoder._thread.is_alive()
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        encoder.join()
