@@ -5,6 +5,7 @@ the fall-back to onnxruntime when MNN is missing or cannot convert."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -150,6 +151,26 @@ def test_a_worker_that_dies_fails_its_call_typed_and_the_next_call_gets_a_new_on
     assert fresh != pid
     gen.close()
     assert not _alive(fresh)
+
+
+def test_a_worker_that_hangs_is_killed_and_its_call_fails_typed(converted, monkeypatch):
+    gen = MnnMouthGenerator(converted, batch_size=4, engines=1)
+    faces, mels = _inputs(2, seed=5)
+    expected = gen(faces, mels)
+    (pid,) = gen.pids
+    os.kill(pid, signal.SIGSTOP)  # alive but never answering, as a deadlocked engine would be
+    monkeypatch.setattr(mnn_runtime, "ASK_TIMEOUT_S", 1.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ModelError, match=r"gave no answer within 1.5 s"):
+            gen(faces, mels)
+        assert time.monotonic() - started < 1.5 + mnn_runtime.STOP_S + 3
+        assert not _alive(pid)  # killed, not left stopped
+        assert np.array_equal(gen(faces, mels), expected)  # a fresh worker took its place
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        gen.close()
 
 
 def test_a_worker_that_cannot_start_is_mnn_unavailable_and_keeps_the_conversion(converted, export, monkeypatch):

@@ -44,6 +44,9 @@ CONVERT_TIMEOUT_S = 600  # the 145 MB Wav2Lip converts in about 2 s; a stuck con
 _CONVERT = "import sys, _tools; _tools.mnnconvert(['mnnconvert', '-f', 'ONNX', '--modelFile', sys.argv[1], " \
            "'--MNNModel', sys.argv[2], '--bizCode', 'lipsync'])"  # fmt: skip
 LOAD_TIMEOUT_S = 300.0  # a worker process that has not loaded its engine by then is given up
+# A request (a Wav2Lip batch: under a second on one core; a detection: milliseconds) not answered by then
+# means a hung engine: the worker is killed and the call fails, instead of the job waiting for ever.
+ASK_TIMEOUT_S = 300.0
 POLL_S = 0.5  # how often a wait on a worker looks whether it is still alive
 STOP_S = 2.0
 
@@ -176,23 +179,28 @@ class MnnWorker:
         self.loaded = True
 
     def ask(self, message: object) -> object:
-        """Send one request and wait for its answer."""
+        """Send one request and wait for its answer (at most ASK_TIMEOUT_S)."""
         try:
             self.conn.send(message)
         except (OSError, ValueError) as exc:
             self.stop()
             raise _Silent(f"the MNN worker for {self.model.name} went away ({exc})") from exc
-        return self.answer()
+        return self.answer(ASK_TIMEOUT_S)
 
     def answer(self, timeout: float | None = None) -> object:
-        """The worker's next answer; ModelError for its error, or when it has gone."""
+        """The worker's next answer; ModelError for its error, when it has gone, or when it gave none
+        within ``timeout`` seconds (it is then killed)."""
         waited = 0.0
         while not self.conn.poll(POLL_S):
             waited += POLL_S
-            if self.proc.poll() is not None or (timeout is not None and waited >= timeout):
+            if self.proc.poll() is not None:
                 self.stop()
                 raise _Silent(f"the MNN worker for {self.model.name} stopped without an answer "
                               f"(exit status {self.proc.returncode}); the next job starts a new one")  # fmt: skip
+            if timeout is not None and waited >= timeout:
+                self.stop()
+                raise _Silent(f"the MNN worker for {self.model.name} gave no answer within {timeout:g} s "
+                              "and was stopped; the next job starts a new one")  # fmt: skip
         try:
             kind, value = self.conn.recv()
         except (EOFError, OSError) as exc:
