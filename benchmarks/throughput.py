@@ -41,8 +41,8 @@ ships the larger SCRFD-10G, whose weights are not in the store) and an ArcFace I
 with random weights (benchmarks/_arcface.py); ``--faces dlib`` uses the offline dlib backend, as the issue's
 first measurement did. The tracking cache is off except in the whole-process "second run" rows.
 
-Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,chaplin_20s,480p,720p,1080p] [--repeats 2]
-        [--rounds 3] [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer] [--enhance]
+Usage:  .venv/bin/python benchmarks/throughput.py [--quick] [--clips chaplin,chaplin_20s,480p,720p,1080p]
+        [--repeats 2] [--rounds 3] [--seconds S] [--rss-minutes 1,10] [--peer-git DIR] [--no-peer] [--enhance]
 Writes benchmarks/results/throughput.json. ``--enhance`` adds each clip's job with GFPGAN on (random
 weights of the real layout), for the CUDA target of 3x realtime at 1080p25; every clip row also gives its
 realtime factor. On a borrowed GPU machine, scripts/gpu_check.sh runs this (see the README).

@@ -3,7 +3,7 @@
 Poisson blending (``cv2.seamlessClone``'s NORMAL_CLONE) keeps the generated face's gradients but takes its
 boundary values from the frame, so a brightness or colour mismatch is spread smoothly over the region
 instead of showing as an edge. By default the same equations are solved by :mod:`lipsync.stages.poisson_host`
-(scipy's sine transforms, all channels at once: 3-6x faster, within 1 grey level of seamlessClone); the
+(scipy's sine transforms, all channels at once: 4-6x faster, within 1 grey level of seamlessClone); the
 ``poisson_solver`` option "opencv" calls seamlessClone itself. The clone runs over the binary support of a soft elliptical lower-face
 mask; the result is then alpha-blended by that soft mask, which both softens the edge further and
 guarantees that every pixel outside the support is the frame's own (seamlessClone alone nudges pixels
@@ -159,8 +159,7 @@ _POISSON_MARGIN = 2
 # lengths 2w - 2 and 2h - 2, and both OpenCV's DFT and scipy's pocketfft (the host solve) are several times
 # slower on lengths with a large prime factor (measured: a 168x180 rectangle, lengths 2*167 and 2*179, 19 ms
 # in seamlessClone against 8 for 169x183; pocketfft on the 3x179x166 interior 1.78 ms, 3x179x167 0.45). The
-# rectangle is grown
-# by a few frame pixels to the size within reach whose lengths are cheapest (_dft_cost).
+# rectangle is grown by a few frame pixels to the size within reach whose lengths are cheapest (_dft_cost).
 _GROW_MAX_FRACTION = 0.04  # of the side, at least _GROW_MIN pixels
 _GROW_MIN = 4
 # seamlessClone erodes the mask with a 7x7 square before taking the clone's gradients: a lone mask pixel
